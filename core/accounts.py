@@ -1,0 +1,138 @@
+"""Sign up, log in, devices, tokens, profiles."""
+
+from __future__ import annotations
+
+import asyncio
+
+import argon2
+import msgspec
+
+from core.errors import ChatError, ErrorCode
+from core.ids import USER_ID_RE, new_device_id, new_token, token_hash
+from core.model import Device, User
+from core.ports import AccountStore, Clock
+
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_CHARS = 1024  # argon2 takes any length; this only bounds the work per request
+MAX_DISPLAY_NAME_CHARS = 64
+MAX_DEVICE_NAME_CHARS = 64
+
+
+class Profile(msgspec.Struct, frozen=True):
+    id: str
+    display_name: str
+    created_at: int
+
+
+class Login(msgspec.Struct, frozen=True):
+    token: str
+    user_id: str
+    device_id: str
+    expires_at: int
+
+
+class DeviceInfo(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    created_at: int
+    expires_at: int
+
+
+class Accounts:
+    """Passwords are hashed with argon2id (argon2-cffi's RFC 9106 low-memory profile), off the
+    event loop. Tokens are random, one per device, stored hashed, and checked on every request
+    against the store, so a revocation takes effect at once on every process."""
+
+    def __init__(self, store: AccountStore, clock: Clock, token_ttl_s: int) -> None:
+        self._store = store
+        self._clock = clock
+        self._token_ttl_ms = token_ttl_s * 1000
+        self._hasher = argon2.PasswordHasher()
+        # Verifying against this when the user does not exist keeps "no such user" and "wrong
+        # password" equally slow, so response times do not reveal which handles exist.
+        self._dummy_hash = self._hasher.hash("not a real password")
+
+    async def sign_up(self, user_id: str, password: str, display_name: str = "") -> Profile:
+        if not USER_ID_RE.fullmatch(user_id):
+            raise ChatError(
+                ErrorCode.INVALID_ARGUMENT,
+                "username must be 3 to 32 characters of a-z, 0-9 and _",
+            )
+        _check_password(password)
+        if len(display_name) > MAX_DISPLAY_NAME_CHARS:
+            raise ChatError(ErrorCode.INVALID_ARGUMENT, "display_name is too long")
+        password_hash = await asyncio.to_thread(self._hasher.hash, password)
+        user = User(user_id, display_name or user_id, password_hash, self._clock.now_ms())
+        if not await self._store.create_user(user):
+            raise ChatError(ErrorCode.USERNAME_TAKEN, f"username {user_id!r} is taken")
+        return Profile(user.id, user.display_name, user.created_at)
+
+    async def log_in(self, user_id: str, password: str, device_name: str = "") -> Login:
+        if len(password) > MAX_PASSWORD_CHARS or len(device_name) > MAX_DEVICE_NAME_CHARS:
+            raise ChatError(ErrorCode.INVALID_ARGUMENT, "password or device name too long")
+        user = await self._store.get_user(user_id) if USER_ID_RE.fullmatch(user_id) else None
+        ok = await asyncio.to_thread(
+            self._verify, user.password_hash if user else self._dummy_hash, password
+        )
+        if user is None or not ok:
+            raise ChatError(ErrorCode.BAD_CREDENTIALS, "wrong username or password")
+        token = new_token()
+        now = self._clock.now_ms()
+        device = Device(
+            id=new_device_id(),
+            user_id=user.id,
+            name=device_name or "device",
+            token_hash=token_hash(token),
+            created_at=now,
+            expires_at=now + self._token_ttl_ms,
+        )
+        await self._store.add_device(device)
+        return Login(token, user.id, device.id, device.expires_at)
+
+    def _verify(self, password_hash: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(password_hash, password)
+        except argon2.exceptions.VerificationError:
+            return False
+
+    async def authenticate(self, token: str | None) -> Device:
+        """The live device holding ``token``; ChatError(UNAUTHORIZED) otherwise."""
+        if not token:
+            raise ChatError(ErrorCode.UNAUTHORIZED, "missing bearer token")
+        device = await self._store.device_by_token_hash(token_hash(token))
+        if device is None:
+            raise ChatError(ErrorCode.UNAUTHORIZED, "unknown token")
+        if device.revoked_at is not None:
+            raise ChatError(ErrorCode.UNAUTHORIZED, "token revoked (device logged out)")
+        if device.expires_at <= self._clock.now_ms():
+            raise ChatError(ErrorCode.UNAUTHORIZED, "token expired; log in again")
+        return device
+
+    async def devices(self, user_id: str) -> list[DeviceInfo]:
+        return [
+            DeviceInfo(d.id, d.name, d.created_at, d.expires_at)
+            for d in await self._store.list_devices(user_id)
+        ]
+
+    async def revoke(self, user_id: str, device_id: str) -> None:
+        if not await self._store.revoke_device(user_id, device_id, self._clock.now_ms()):
+            raise ChatError(ErrorCode.NOT_FOUND, f"no device {device_id!r}")
+
+    async def profile(self, user_id: str) -> Profile:
+        user = await self._store.get_user(user_id) if USER_ID_RE.fullmatch(user_id) else None
+        if user is None:
+            raise ChatError(ErrorCode.NOT_FOUND, f"no user {user_id!r}")
+        return Profile(user.id, user.display_name, user.created_at)
+
+    async def exists(self, user_id: str) -> bool:
+        return USER_ID_RE.fullmatch(user_id) is not None and (
+            await self._store.get_user(user_id) is not None
+        )
+
+
+def _check_password(password: str) -> None:
+    if not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
+        raise ChatError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters",
+        )

@@ -1,0 +1,46 @@
+"""The core as the frontends see it: one object holding the use cases and the limits."""
+
+from __future__ import annotations
+
+import msgspec
+
+from core.accounts import Accounts
+from core.messaging import Messaging
+from core.ports import CursorStore, InboxLog
+
+
+class Limits(msgspec.Struct, frozen=True):
+    """Per-connection limits. Defaults are the production values; tests shrink them."""
+
+    max_message_chars: int = 100_000
+    """Longest text accepted, in Unicode code points (Python ``len``)."""
+    replay_batch: int = 256
+    """Inbox entries fetched per read while catching up. Larger reads drain faster but hold
+    more in memory per connection at once."""
+    live_buffer: int = 1024
+    """Live entries held per connection while it is replaying or slow; beyond that they are
+    dropped and read back from the inbox, so memory stays bounded."""
+    outbox_bytes: int = 1 << 20
+    """Bytes of frames queued for one client before the producers wait (1 MiB)."""
+    send_timeout_s: float = 10.0
+    """A client that does not take a frame for this long is closed as a slow consumer."""
+    max_inflight_sends: int = 256
+    """Send frames queued per connection before the server stops reading from it."""
+    cursor_flush_s: float = 1.0
+    """How often a device's acked position is written to the cursor store (and on close)."""
+
+
+class Chat:
+    def __init__(
+        self,
+        accounts: Accounts,
+        messaging: Messaging,
+        inbox: InboxLog,
+        cursors: CursorStore,
+        limits: Limits,
+    ) -> None:
+        self.accounts = accounts
+        self.messaging = messaging
+        self.inbox = inbox
+        self.cursors = cursors
+        self.limits = limits

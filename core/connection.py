@@ -1,0 +1,263 @@
+"""One client connection: frames in, frames out, whatever the transport.
+
+The frontend authenticates, accepts, then feeds every received frame to
+:meth:`Connection.receive` and calls :meth:`Connection.aclose` when the peer is gone. Three tasks
+per connection do the rest: the writer (the only one touching ``Transport.send``), the sender
+(batches this device's sends, in order) and, after ``hello``, the feed (replay, then live).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+from core import metrics
+from core.chat import Chat
+from core.errors import ChatError, ErrorCode
+from core.feed import InboxFeed
+from core.messaging import SendRequest
+from core.model import Device, Sent
+from core.ports import InboxEntry, Transport
+from core.protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    CaughtUp,
+    Hello,
+    Ping,
+    Pong,
+    ResyncNeeded,
+    Send,
+    SentFrame,
+    Welcome,
+    decode_client_frame,
+    encode,
+    encode_msg,
+    error_frame,
+)
+
+log = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001  # server shutting down: reconnect, possibly to another process
+CLOSE_SLOW_CONSUMER = 4008  # the client did not read its frames in time: reconnect with cursor
+SEND_BATCH = 64  # sends taken from the queue per write to JetStream
+
+_MAX_READ_BACKOFF_S = 0.5
+
+
+class Outbox:
+    """Frames waiting for the writer, bounded in bytes: producers wait while it is full."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._frames: deque[str] = deque()
+        self._bytes = 0
+        self._max = max_bytes
+        self._changed = asyncio.Condition()
+
+    async def put(self, frame: str) -> None:
+        async with self._changed:
+            # One frame larger than the bound is still let through on an empty outbox.
+            await self._changed.wait_for(lambda: self._bytes < self._max)
+            self._frames.append(frame)
+            self._bytes += len(frame)
+            self._changed.notify_all()
+
+    async def get(self) -> str:
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._frames))
+            frame = self._frames.popleft()
+            self._bytes -= len(frame)
+            self._changed.notify_all()
+            return frame
+
+
+class Connection:
+    def __init__(self, chat: Chat, device: Device, transport: Transport) -> None:
+        self._chat = chat
+        self._limits = chat.limits
+        self.device = device
+        self._transport = transport
+        self._outbox = Outbox(self._limits.outbox_bytes)
+        self._sends: asyncio.Queue[Send] = asyncio.Queue(self._limits.max_inflight_sends)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._feed_task: asyncio.Task[None] | None = None
+        self._acked = -1
+        self._flushed = -1
+        self._closed = False
+
+    @property
+    def user(self) -> str:
+        return self.device.user_id
+
+    async def open(self) -> None:
+        self._spawn(self._write_loop())
+        self._spawn(self._send_loop())
+        self._spawn(self._flush_loop())
+        await self._outbox.put(
+            encode(
+                Welcome(
+                    user=self.user,
+                    device=self.device.id,
+                    protocol=PROTOCOL_VERSION,
+                    max_message_chars=self._limits.max_message_chars,
+                )
+            )
+        )
+
+    async def receive(self, data: str | bytes) -> None:
+        """Handle one frame from the client. Bad frames get an error frame; the connection
+        stays open. Waits (so the frontend stops reading) while too many sends are queued."""
+        if isinstance(data, bytes):
+            await self._reply_error(
+                ChatError(ErrorCode.NOT_TEXT, "binary frames are not supported; send JSON text")
+            )
+            return
+        try:
+            frame = decode_client_frame(data)
+        except ChatError as err:
+            await self._reply_error(err)
+            return
+        if isinstance(frame, Send):
+            await self._sends.put(frame)
+        elif isinstance(frame, Ack):
+            if frame.seq < 0:
+                await self._reply_error(ChatError(ErrorCode.INVALID_ARGUMENT, "seq must be >= 0"))
+                return
+            self._acked = max(self._acked, frame.seq)
+        elif isinstance(frame, Hello):
+            if self._feed_task is not None and not self._feed_task.done():
+                await self._reply_error(
+                    ChatError(ErrorCode.INVALID_ARGUMENT, "hello was already received")
+                )
+                return
+            self._feed_task = self._spawn(self._feed_loop(frame.cursor))
+        elif isinstance(frame, Ping):
+            await self._outbox.put(encode(Pong()))
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close from the server side (shutdown, slow consumer)."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                await self._transport.close(code, reason)
+
+    async def aclose(self) -> None:
+        """The peer is gone: stop the tasks and save the acked position."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._flush_cursor()
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: object) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("connection task failed", exc_info=exc)
+            asyncio.ensure_future(self.close(1011, "internal error"))  # noqa: RUF006
+
+    async def _write_loop(self) -> None:
+        timeout = self._limits.send_timeout_s
+        while True:
+            frame = await self._outbox.get()
+            try:
+                await asyncio.wait_for(self._transport.send(frame), timeout)
+                if frame.startswith('{"type":"msg"'):
+                    metrics.DELIVERED.inc()
+            except TimeoutError:
+                log.info("slow consumer closed", extra={"device": self.device.id})
+                metrics.SLOW_CONSUMERS.inc()
+                await self.close(CLOSE_SLOW_CONSUMER, "slow consumer: reconnect with your cursor")
+                return
+
+    async def _send_loop(self) -> None:
+        messaging = self._chat.messaging
+        while True:
+            batch = [await self._sends.get()]
+            while len(batch) < SEND_BATCH and not self._sends.empty():
+                batch.append(self._sends.get_nowait())
+            requests = [SendRequest(f.client_id, f.to, f.text) for f in batch]
+            results = await messaging.send_many(self.user, self.device.id, requests)
+            for req, result in zip(requests, results, strict=True):
+                if isinstance(result, Sent):
+                    await self._outbox.put(
+                        encode(SentFrame(result.client_id, result.id, result.conv, result.ts))
+                    )
+                else:
+                    await self._outbox.put(error_frame(result, ref=req.client_id))
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._limits.cursor_flush_s)
+            await self._flush_cursor()
+
+    async def _flush_cursor(self) -> None:
+        acked = self._acked
+        if acked > self._flushed:
+            await self._chat.cursors.put(self.user, self.device.id, acked)
+            self._flushed = acked
+
+    async def _feed_loop(self, cursor: int | None) -> None:
+        inbox = self._chat.inbox
+        if cursor is None:
+            cursor = await self._chat.cursors.get(self.user, self.device.id) or 0
+        elif cursor < 0:
+            await self._reply_error(ChatError(ErrorCode.INVALID_ARGUMENT, "cursor must be >= 0"))
+            return
+        first, last = await inbox.bounds()
+        if cursor > last or 0 < cursor < first - 1:
+            await self._outbox.put(encode(ResyncNeeded(cursor, first, last)))
+            return
+
+        feed = InboxFeed(cursor, self._limits.live_buffer)
+        wake = asyncio.Event()
+
+        def on_live(entry: InboxEntry) -> None:
+            feed.on_live(entry)
+            wake.set()
+
+        unwatch = await inbox.watch(self.user, on_live)
+        try:
+            need_read, caught_up, backoff = True, False, 0.0
+            batch = self._limits.replay_batch
+            while True:
+                before = feed.position
+                if need_read:
+                    entries = await inbox.read(self.user, feed.position, batch)
+                    for entry in feed.on_read(entries):
+                        await self._outbox.put(encode_msg(entry.seq, entry.data))
+                    if len(entries) >= batch:
+                        continue
+                live, need_read = feed.take_live()
+                for entry in live:
+                    await self._outbox.put(encode_msg(entry.seq, entry.data))
+                if need_read:
+                    # A live entry names a predecessor that the read did not return yet (a
+                    # replica lagging behind the leader): wait a little and read again, never
+                    # skip it.
+                    if feed.position == before:
+                        backoff = min(_MAX_READ_BACKOFF_S, backoff * 2 or 0.005)
+                        await asyncio.sleep(backoff)
+                    continue
+                backoff = 0.0
+                if not caught_up:
+                    caught_up = True
+                    await self._outbox.put(encode(CaughtUp(feed.position)))
+                wake.clear()
+                if not feed.has_live:
+                    await wake.wait()
+        finally:
+            await unwatch()
+
+    async def _reply_error(self, err: ChatError, ref: str | None = None) -> None:
+        await self._outbox.put(error_frame(err, ref))

@@ -1,0 +1,16 @@
+"""Prometheus metrics of the core (exposed by the app at ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_SENT = Counter("jetchat_messages_sent_total", "Messages durably accepted (sent)")
+SEND_ERRORS = Counter("jetchat_send_errors_total", "Sends answered with an error", ["code"])
+SEND_SECONDS = Histogram(
+    "jetchat_send_batch_seconds",
+    "Time from taking a batch of sends to all of them acknowledged by JetStream",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+CONNECTIONS = Gauge("jetchat_connections", "Open client connections", ["transport"])
+DELIVERED = Counter("jetchat_messages_delivered_total", "Inbox messages written to clients")
+SLOW_CONSUMERS = Counter("jetchat_slow_consumers_total", "Connections closed as slow consumers")

@@ -1,0 +1,70 @@
+"""Records the core stores and passes around. Wire frames live in :mod:`core.protocol`."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class User(msgspec.Struct, frozen=True):
+    """An account. ``id`` is the handle chosen at sign-up: lowercase, immutable, and used as is
+    in NATS subjects (``chat.inbox.<id>``) so operators can read them."""
+
+    id: str
+    display_name: str
+    password_hash: str
+    created_at: int  # ms since the epoch
+
+
+class Device(msgspec.Struct, frozen=True):
+    """One logged-in device. Its bearer token is stored only as a SHA-256 hash."""
+
+    id: str
+    user_id: str
+    name: str
+    token_hash: bytes
+    created_at: int  # ms since the epoch
+    expires_at: int  # ms since the epoch
+    revoked_at: int | None = None
+
+
+class ChatMessage(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A text message as stored in JetStream and delivered to devices.
+
+    ``id`` is assigned by the server, unique and time-sortable; a conversation is shown in the
+    order of its message ids on every device (see docs/architecture.md, "Order").
+    """
+
+    id: str
+    conv: str  # "dm.<a>.<b>" with a < b
+    sender: str
+    sender_device: str
+    to: str
+    text: str
+    ts: int  # ms since the epoch, assigned with the id
+    client_id: str = ""
+
+
+class SendRecord(msgspec.Struct, frozen=True):
+    """What the idempotency store keeps per (sender, client message id).
+
+    ``done`` turns true once every inbox copy is acknowledged by JetStream; a resend of a done
+    record returns it and writes nothing."""
+
+    id: str
+    ts: int
+    done: bool = False
+
+
+class Sent(msgspec.Struct, frozen=True):
+    """The result of a send: JetStream durably holds the message in every inbox."""
+
+    client_id: str
+    id: str
+    conv: str
+    ts: int
+
+
+def dm_conversation(a: str, b: str) -> str:
+    """The id of the 1:1 conversation between two users, the same from both sides."""
+    lo, hi = sorted((a, b))
+    return f"dm.{lo}.{hi}"

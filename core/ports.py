@@ -1,0 +1,134 @@
+"""The small protocols through which the core talks to the outside.
+
+Adapters implement them (``jetstream/`` for NATS, ``storage/`` for Postgres, ``frontends/`` for
+transports); core tests use in-memory fakes. Each method says what it promises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import msgspec
+
+from core.model import Device, SendRecord, User
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Wall-clock time in ms since the epoch."""
+        ...
+
+
+class AccountStore(Protocol):
+    """Accounts and devices (Postgres in production and in the embedded default).
+
+    Every method is atomic on its own; none spans several calls."""
+
+    async def create_user(self, user: User) -> bool:
+        """Insert a user. Returns False, changing nothing, if the id is taken."""
+        ...
+
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    async def add_device(self, device: Device) -> None:
+        """Insert a device; its id and token hash are fresh random values."""
+        ...
+
+    async def device_by_token_hash(self, token_hash: bytes) -> Device | None:
+        """The device holding this token, revoked or not (the caller checks)."""
+        ...
+
+    async def list_devices(self, user_id: str) -> list[Device]:
+        """The user's devices that are not revoked, oldest first."""
+        ...
+
+    async def revoke_device(self, user_id: str, device_id: str, at_ms: int) -> bool:
+        """Mark the device revoked. False if the user has no such live device."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot answer (readiness)."""
+        ...
+
+
+class InboxEntry(msgspec.Struct, frozen=True):
+    """One message in a user's inbox.
+
+    ``seq`` is its JetStream stream sequence: increasing within an inbox, with gaps (other
+    users' messages sit in between). ``prev_seq`` is the sequence of the previous message in the
+    same inbox (0 if none), which lets a reader prove it missed nothing."""
+
+    seq: int
+    prev_seq: int
+    data: bytes
+
+
+class InboxLog(Protocol):
+    """Durable per-user inboxes (one JetStream stream, a subject per user)."""
+
+    async def append(self, copies: Sequence[tuple[str, str, bytes]]) -> None:
+        """Store each ``(user, dedupe_key, payload)`` in that user's inbox.
+
+        Returns only when JetStream acknowledged every copy (they are then durable); raises
+        ChatError(UNAVAILABLE) if that did not happen in time, in which case any subset may be
+        stored. A copy whose dedupe key was stored within the stream's duplicate window is not
+        stored again, so retrying the whole call is safe. No order is promised between copies
+        of one call."""
+        ...
+
+    async def read(self, user: str, after_seq: int, limit: int) -> list[InboxEntry]:
+        """Up to ``limit`` entries of the user's inbox with ``seq > after_seq``, in order and
+        without gaps. Fewer than ``limit`` means the inbox had no more at the time of the read."""
+        ...
+
+    async def bounds(self) -> tuple[int, int]:
+        """``(first_seq, last_seq)`` the stream holds now; first_seq > last_seq when empty."""
+        ...
+
+    async def watch(
+        self, user: str, on_entry: Callable[[InboxEntry], None]
+    ) -> Callable[[], Awaitable[None]]:
+        """Call ``on_entry`` for each entry appended to the user's inbox from now on (at most
+        once, in order; entries may be missed, which ``prev_seq`` reveals). Returns the async
+        function that stops watching."""
+        ...
+
+
+class SendLedger(Protocol):
+    """Idempotency of sends: (sender, client message id) -> the original result.
+
+    Records live for a configured time (at least 24 h), shared by every process."""
+
+    async def claim(self, sender: str, client_id: str, record: SendRecord) -> SendRecord | None:
+        """Atomically store ``record`` if no record exists for the key, returning None; else
+        store nothing and return the existing record."""
+        ...
+
+    async def complete(self, sender: str, client_id: str, record: SendRecord) -> None:
+        """Overwrite the record with ``record`` (which has ``done=True``)."""
+        ...
+
+
+class CursorStore(Protocol):
+    """Each device's acknowledged inbox position, so a device that lost its cursor resumes.
+
+    Last write wins; a position never needs to move backwards."""
+
+    async def get(self, user: str, device: str) -> int | None: ...
+
+    async def put(self, user: str, device: str, seq: int) -> None: ...
+
+
+class Transport(Protocol):
+    """One client connection as the core sees it (WebSocket today, long polling later).
+
+    Reading is the frontend's business: it feeds received frames into the core."""
+
+    async def send(self, frame: str) -> None:
+        """Send one text frame; may wait while the peer is slow to read."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection with a WebSocket close code (4000-4999 are ours)."""
+        ...

@@ -1,0 +1,125 @@
+"""The client protocol: every frame in both directions, decoded and encoded once, here.
+
+Frames are JSON objects tagged by ``"type"``; docs/protocol.md documents each one. The same
+frames travel over WebSocket (one per text frame) and, later, long polling.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from core.errors import ChatError, ErrorCode
+
+PROTOCOL_VERSION = 1
+
+
+# --- client -> server --------------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, tag="hello", tag_field="type", forbid_unknown_fields=True):
+    """Start receiving: replay the inbox after ``cursor`` (null: the server's stored cursor for
+    this device, 0 if none), then live messages."""
+
+    cursor: int | None = None
+
+
+class Send(msgspec.Struct, tag="send", tag_field="type", forbid_unknown_fields=True):
+    """Send ``text`` to user ``to``. ``client_id`` makes the send idempotent."""
+
+    client_id: str
+    to: str
+    text: str
+
+
+class Ack(msgspec.Struct, tag="ack", tag_field="type", forbid_unknown_fields=True):
+    """The device processed every inbox message up to ``seq``."""
+
+    seq: int
+
+
+class Ping(msgspec.Struct, tag="ping", tag_field="type", forbid_unknown_fields=True):
+    pass
+
+
+ClientFrame = Hello | Send | Ack | Ping
+
+_client_decoder = msgspec.json.Decoder(ClientFrame)
+
+
+def decode_client_frame(data: str | bytes) -> ClientFrame:
+    """Decode one client frame or raise ChatError(MALFORMED | UNKNOWN_TYPE)."""
+    try:
+        return _client_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if text.endswith("at `$.type`") and text.startswith("Invalid value"):
+            raise ChatError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type: {text}") from None
+        raise ChatError(ErrorCode.MALFORMED, text) from None
+    except msgspec.DecodeError as exc:
+        raise ChatError(ErrorCode.MALFORMED, f"not a JSON object: {exc}") from None
+
+
+# --- server -> client --------------------------------------------------------------------
+
+
+class Welcome(msgspec.Struct, tag="welcome", tag_field="type"):
+    user: str
+    device: str
+    protocol: int
+    max_message_chars: int
+
+
+class CaughtUp(msgspec.Struct, tag="caught_up", tag_field="type"):
+    """Every inbox message up to ``seq`` has been sent; what follows is live."""
+
+    seq: int
+
+
+class ResyncNeeded(msgspec.Struct, tag="resync_needed", tag_field="type"):
+    """The inbox no longer holds everything after ``cursor`` (retention removed messages from
+    ``first_seq`` backwards, or the cursor is beyond the inbox). Nothing was replayed; the client
+    fetches history and says hello again."""
+
+    cursor: int
+    first_seq: int
+    last_seq: int
+
+
+class SentFrame(msgspec.Struct, tag="sent", tag_field="type"):
+    """JetStream durably holds the message in every recipient's inbox."""
+
+    client_id: str
+    id: str
+    conv: str
+    ts: int
+
+
+class ErrorFrame(msgspec.Struct, tag="error", tag_field="type", omit_defaults=True):
+    """A request failed. ``ref`` is the ``client_id`` of the send it answers, if any."""
+
+    code: str
+    message: str
+    ref: str | None = None
+
+
+class Pong(msgspec.Struct, tag="pong", tag_field="type"):
+    pass
+
+
+ServerFrame = Welcome | CaughtUp | ResyncNeeded | SentFrame | ErrorFrame | Pong
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(frame: ServerFrame) -> str:
+    return _encoder.encode(frame).decode()
+
+
+def encode_msg(seq: int, message: bytes) -> str:
+    """``{"type":"msg","seq":N,"message":{...}}``, splicing the stored JSON in without a
+    decode/encode round trip: the stored bytes are already a JSON ChatMessage."""
+    return f'{{"type":"msg","seq":{seq},"message":{message.decode()}}}'
+
+
+def error_frame(err: ChatError, ref: str | None = None) -> str:
+    return encode(ErrorFrame(code=err.code.value, message=err.message, ref=ref))

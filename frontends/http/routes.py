@@ -1,0 +1,136 @@
+"""The HTTP API (OpenAPI at ``/schema``): accounts, devices, profiles, sending."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+
+from core.accounts import DeviceInfo, Login, Profile
+from core.chat import Chat
+from core.errors import ChatError, ErrorCode
+from core.messaging import SendRequest
+from core.model import Device, Sent
+from frontends.auth import bearer_token
+from frontends.errors import error_body
+
+
+class SignUp(msgspec.Struct, frozen=True):
+    username: str
+    password: str
+    display_name: str = ""
+
+
+class LogIn(msgspec.Struct, frozen=True):
+    username: str
+    password: str
+    device_name: str = ""
+
+
+class SendBody(msgspec.Struct, frozen=True):
+    client_id: str
+    to: str
+    text: str
+
+
+async def provide_device(request: Request[object, object, State]) -> Device:
+    chat: Chat = request.app.state.chat
+    return await chat.accounts.authenticate(bearer_token(request))
+
+
+def provide_chat(state: State) -> Chat:
+    chat: Chat = state.chat
+    return chat
+
+
+class AccountsController(Controller):
+    path = "/v1"
+    tags = ["accounts"]  # noqa: RUF012
+    dependencies = {"chat": Provide(provide_chat, sync_to_thread=False)}  # noqa: RUF012
+
+    @post("/accounts", summary="Sign up")
+    async def sign_up(self, chat: Chat, data: SignUp) -> Profile:
+        return await chat.accounts.sign_up(data.username, data.password, data.display_name)
+
+    @post("/sessions", summary="Log in: a new device and its bearer token")
+    async def log_in(self, chat: Chat, data: LogIn) -> Login:
+        return await chat.accounts.log_in(data.username, data.password, data.device_name)
+
+    @delete(
+        "/sessions/current",
+        summary="Log out: revoke this device's token",
+        dependencies={"device": Provide(provide_device)},
+    )
+    async def log_out(self, chat: Chat, device: Device) -> None:
+        await chat.accounts.revoke(device.user_id, device.id)
+
+    @get("/me", summary="My profile", dependencies={"device": Provide(provide_device)})
+    async def me(self, chat: Chat, device: Device) -> Profile:
+        return await chat.accounts.profile(device.user_id)
+
+    @get(
+        "/users/{user_id:str}",
+        summary="A user's profile",
+        dependencies={"device": Provide(provide_device)},
+    )
+    async def user(self, chat: Chat, device: Device, user_id: str) -> Profile:
+        return await chat.accounts.profile(user_id)
+
+    @get(
+        "/devices", summary="My logged-in devices", dependencies={"device": Provide(provide_device)}
+    )
+    async def devices(self, chat: Chat, device: Device) -> list[DeviceInfo]:
+        return await chat.accounts.devices(device.user_id)
+
+    @delete(
+        "/devices/{device_id:str}",
+        summary="Revoke one of my devices",
+        dependencies={"device": Provide(provide_device)},
+    )
+    async def revoke(self, chat: Chat, device: Device, device_id: str) -> None:
+        await chat.accounts.revoke(device.user_id, device_id)
+
+
+class MessagesController(Controller):
+    path = "/v1/messages"
+    tags = ["messages"]  # noqa: RUF012
+    dependencies = {  # noqa: RUF012
+        "chat": Provide(provide_chat, sync_to_thread=False),
+        "device": Provide(provide_device),
+    }
+
+    @post(
+        "/",
+        summary="Send a text message",
+        description=(
+            "Returns once JetStream durably holds the message in every recipient's inbox. "
+            "Resending the same client_id returns the original result and stores nothing new."
+        ),
+        status_code=200,
+    )
+    async def send(self, chat: Chat, device: Device, data: SendBody) -> Sent:
+        request = SendRequest(data.client_id, data.to, data.text)
+        return await chat.messaging.send(device.user_id, device.id, request)
+
+
+def chat_error_handler(_: Request[object, object, State], exc: ChatError) -> Response[bytes]:
+    status, body = error_body(exc)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def http_error_handler(_: Request[object, object, State], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own errors (bad JSON body, unknown route) in our error shape."""
+    code = {400: ErrorCode.MALFORMED, 404: ErrorCode.NOT_FOUND, 401: ErrorCode.UNAUTHORIZED}.get(
+        exc.status_code, ErrorCode.INVALID_ARGUMENT if exc.status_code < 500 else ErrorCode.INTERNAL
+    )
+    detail = exc.detail
+    if isinstance(exc.extra, list) and exc.extra:
+        detail = f"{detail}: {exc.extra}"
+    _, body = error_body(ChatError(code, detail))
+    return Response(body, status_code=exc.status_code, media_type="application/json")
+
+
+route_handlers = [AccountsController, MessagesController]
+exception_handlers = {ChatError: chat_error_handler, HTTPException: http_error_handler}

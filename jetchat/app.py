@@ -1,0 +1,169 @@
+"""Wiring: the one place that knows every adapter (Synapse's ``hs.get_*``, in small).
+
+``Services.start`` connects NATS and Postgres, creates streams, buckets and tables, and builds
+the core; ``create_app`` puts the frontends on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import nats
+from litestar import Litestar, MediaType, Response, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from nats.aio.client import Client as NATS
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import AsyncConnectionPool
+
+from core import metrics
+from core.accounts import Accounts
+from core.chat import Chat
+from core.connection import CLOSE_GOING_AWAY, Connection
+from core.ids import MessageIds
+from core.messaging import Messaging
+from frontends.http.routes import exception_handlers, route_handlers
+from frontends.ws.handler import WsSettings, make_ws_handler
+from jetchat.settings import Settings
+from jetstream import streams
+from jetstream.inbox import JetStreamInbox
+from jetstream.kv import KvCursorStore, KvSendLedger
+from storage.postgres import PostgresAccountStore, migrate, open_pool
+
+log = logging.getLogger("jetchat")
+
+
+class SystemClock:
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Services:
+    settings: Settings
+    nc: NATS
+    pool: AsyncConnectionPool
+    chat: Chat
+    connections: set[Connection] = field(default_factory=set)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Services:
+        nc = await nats.connect(
+            servers=settings.nats_url.split(","),
+            name="jetchat",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        js = nc.jetstream(timeout=settings.publish_timeout_s)
+        await streams.ensure(js, settings.jetstream)
+        pool = await open_pool(settings.postgres_dsn, settings.postgres_pool_size)
+        await migrate(pool)
+
+        clock = SystemClock()
+        inbox = JetStreamInbox(nc, js, settings.jetstream)
+        await inbox.start()
+        accounts = Accounts(PostgresAccountStore(pool), clock, settings.token_ttl_s)
+        ledger = KvSendLedger(await js.key_value(settings.jetstream.sends_bucket))
+        cursors = KvCursorStore(await js.key_value(settings.jetstream.cursors_bucket))
+        messaging = Messaging(
+            accounts, inbox, ledger, MessageIds(clock), settings.max_message_chars
+        )
+        chat = Chat(accounts, messaging, inbox, cursors, settings.limits)
+        return cls(settings, nc, pool, chat)
+
+    def register(self, conn: Connection, is_open: bool) -> None:
+        if is_open:
+            self.connections.add(conn)
+            metrics.CONNECTIONS.labels("ws").inc()
+        else:
+            self.connections.discard(conn)
+            metrics.CONNECTIONS.labels("ws").dec()
+
+    async def drain(self) -> None:
+        """Close every client connection with 1001 so clients reconnect (to any process)."""
+        conns = list(self.connections)
+        await asyncio.gather(
+            *(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in conns),
+            return_exceptions=True,
+        )
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        await self.pool.close()
+
+    async def ready(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        checks["nats"] = "ok" if self.nc.is_connected else "disconnected"
+        try:
+            await asyncio.wait_for(self.chat.inbox.bounds(), 2)
+            checks["jetstream"] = "ok"
+        except Exception as exc:
+            checks["jetstream"] = f"error: {type(exc).__name__}"
+        try:
+            await asyncio.wait_for(PostgresAccountStore(self.pool).ping(), 2)
+            checks["postgres"] = "ok"
+        except Exception as exc:
+            checks["postgres"] = f"error: {type(exc).__name__}"
+        return checks
+
+
+@get("/healthz", include_in_schema=False, sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    """The process is up and serving."""
+    return {"status": "ok"}
+
+
+@get("/readyz", include_in_schema=False)
+async def readyz(state: State) -> Response[dict[str, object]]:
+    """NATS, JetStream and Postgres answer: this process can take traffic."""
+    services: Services = state.services
+    checks = await services.ready()
+    ok = all(v == "ok" for v in checks.values())
+    return Response({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+
+@get("/metrics", include_in_schema=False, media_type=MediaType.TEXT, sync_to_thread=False)
+def prometheus_metrics() -> Response[bytes]:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(settings: Settings) -> Litestar:
+    holder: dict[str, Services] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services = await Services.start(settings)
+        holder["services"] = services
+        app.state.services = services
+        app.state.chat = services.chat
+        app.state.ws_settings = WsSettings(
+            frozenset(o.strip() for o in settings.ws_allowed_origins.split(",") if o.strip())
+        )
+        try:
+            yield
+        finally:
+            await services.drain()
+            await services.stop()
+
+    def register(conn: Connection, is_open: bool) -> None:
+        holder["services"].register(conn, is_open)
+
+    return Litestar(
+        route_handlers=[
+            *route_handlers,
+            make_ws_handler(register),
+            healthz,
+            readyz,
+            prometheus_metrics,
+        ],
+        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(title="jetchat", version="0.1.0", path="/schema"),
+        logging_config=None,
+    )

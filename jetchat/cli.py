@@ -1,0 +1,83 @@
+"""``jetchat serve``: run the server, starting NATS and Postgres itself unless configured."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import msgspec
+import uvicorn
+
+from jetchat import logs
+from jetchat.settings import Settings, from_env
+
+log = logging.getLogger("jetchat")
+
+
+@contextlib.contextmanager
+def embedded_servers(settings: Settings) -> Iterator[Settings]:
+    """Start what the settings leave unconfigured; stop it (by PID) on the way out."""
+    from jetchat.embedded import EmbeddedPostgres, NatsServer
+
+    with contextlib.ExitStack() as stack:
+        data = settings.data_path
+        data.mkdir(parents=True, exist_ok=True)
+        if not settings.nats_url:
+            log.info("starting embedded nats-server", extra={"dir": str(data / "nats")})
+            nats_server = NatsServer(data / "nats")
+            nats_server.start()
+            stack.callback(nats_server.stop)
+            settings = msgspec.structs.replace(settings, nats_url=nats_server.url)
+        if not settings.postgres_dsn:
+            log.info("starting embedded postgres", extra={"dir": str(data / "postgres")})
+            pg = EmbeddedPostgres(data / "postgres")
+            pg.start()
+            stack.callback(pg.stop)
+            settings = msgspec.structs.replace(settings, postgres_dsn=pg.dsn)
+        yield settings
+
+
+def serve(settings: Settings) -> None:
+    from jetchat.app import create_app
+
+    with embedded_servers(settings) as settings:
+        log.info("jetchat settings", extra={"settings": settings.public()})
+        config = uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            # The websockets implementation waits on the socket's write buffer, so a client
+            # that stops reading blocks our writer (and hits send_timeout_s) instead of
+            # growing server memory.
+            ws="websockets",
+            ws_max_size=settings.ws_max_frame_bytes,
+            ws_ping_interval=settings.ws_ping_interval_s,
+            ws_ping_timeout=settings.ws_ping_timeout_s,
+            ws_per_message_deflate=settings.ws_per_message_deflate,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        )
+        server = uvicorn.Server(config)
+        server.run()  # returns after SIGINT/SIGTERM, once connections are drained
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="jetchat", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the server (configuration: JETCHAT_* variables)")
+    sub.add_parser("config", help="print the effective configuration and exit")
+    args = parser.parse_args(argv)
+    settings = from_env()
+    logs.configure(settings.log_level, settings.log_json)
+    if args.command == "serve":
+        serve(settings)
+    elif args.command == "config":
+        print(msgspec.json.format(msgspec.json.encode(settings.public()).decode()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""An async Python client for jetchat (WebSocket for messages, HTTP for accounts).
+
+It keeps the promises the protocol makes easy to keep: messages are de-duplicated by id,
+a conversation is kept in message-id order, unacknowledged sends are resent with the same
+client id after a reconnect, and reconnecting resumes from the last received inbox sequence.
+
+    login = await log_in("http://127.0.0.1:8000", "alice", "secret pw", "laptop")
+    async with ChatClient("http://127.0.0.1:8000", login.token) as alice:
+        sent = await alice.send("bob", "hi")
+        msg = await alice.next_message()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import itertools
+import logging
+import uuid
+from typing import Any
+
+import httpx
+import msgspec
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from core.model import ChatMessage, Sent
+
+log = logging.getLogger(__name__)
+
+
+class Login(msgspec.Struct, frozen=True):
+    token: str
+    user_id: str
+    device_id: str
+    expires_at: int
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    seq: int
+    message: ChatMessage
+
+
+class _Frame(msgspec.Struct):
+    type: str
+    seq: int = 0
+    message: ChatMessage | None = None
+    client_id: str = ""
+    id: str = ""
+    conv: str = ""
+    ts: int = 0
+    code: str = ""
+    ref: str | None = None
+    cursor: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    user: str = ""
+    device: str = ""
+
+
+_decode_frame = msgspec.json.Decoder(_Frame).decode
+_encode = msgspec.json.Encoder().encode
+
+
+async def _call(
+    base_url: str, method: str, path: str, token: str | None = None, json: Any = None
+) -> Any:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        resp = await http.request(method, path, json=json, headers=headers)
+    if resp.status_code >= 400:
+        body = resp.json()
+        raise ApiError(resp.status_code, body.get("code", ""), body.get("message", ""))
+    return resp.json() if resp.content else None
+
+
+async def sign_up(base_url: str, username: str, password: str, display_name: str = "") -> Any:
+    body = {"username": username, "password": password, "display_name": display_name}
+    return await _call(base_url, "POST", "/v1/accounts", json=body)
+
+
+async def log_in(base_url: str, username: str, password: str, device_name: str = "") -> Login:
+    body = {"username": username, "password": password, "device_name": device_name}
+    return msgspec.convert(await _call(base_url, "POST", "/v1/sessions", json=body), Login)
+
+
+async def send_http(base_url: str, token: str, to: str, text: str, client_id: str) -> Sent:
+    body = {"client_id": client_id, "to": to, "text": text}
+    return msgspec.convert(await _call(base_url, "POST", "/v1/messages", token, body), Sent)
+
+
+class ChatClient:
+    """One device's connection. ``cursor`` is the last inbox sequence it has (None: let the
+    server use the position it stored for this device)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        cursor: int | None = None,
+        auto_ack: bool = True,
+        reconnect: bool = True,
+        max_size: int = 1 << 20,
+    ) -> None:
+        self.base_url = base_url
+        self.ws_url = base_url.replace("http", "ws", 1) + "/v1/ws"
+        self.token = token
+        self.cursor = cursor
+        self.auto_ack = auto_ack
+        self.reconnect = reconnect
+        self.max_size = max_size
+        self.caught_up = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.resync_needed: _Frame | None = None
+        self.errors: list[_Frame] = []
+        self.close_codes: list[int | None] = []
+        self.conversations: dict[str, list[ChatMessage]] = {}
+        self._inbox: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._seen: set[str] = set()
+        self._pending: dict[str, tuple[bytes, asyncio.Future[Sent]]] = {}
+        self._ws: ClientConnection | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+        self._ids = itertools.count()
+
+    async def __aenter__(self) -> ChatClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self, timeout: float = 10) -> None:
+        """Connect (and keep reconnecting in the background if ``reconnect``)."""
+        self._runner = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.connected.wait(), timeout)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+
+    async def send(
+        self, to: str, text: str, client_id: str | None = None, timeout: float = 30
+    ) -> Sent:
+        """Send and wait for "sent". The frame is resent after each reconnect until answered."""
+        client_id = client_id or uuid.uuid4().hex
+        frame = _encode({"type": "send", "client_id": client_id, "to": to, "text": text})
+        future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
+        self._pending[client_id] = (frame, future)
+        if self._ws is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._ws.send(frame.decode())
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        finally:
+            if future.done():
+                self._pending.pop(client_id, None)
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        """Send any frame as is (for tests of bad input)."""
+        assert self._ws is not None
+        await self._ws.send(frame)
+
+    async def next_message(self, timeout: float = 10) -> Delivery:
+        return await asyncio.wait_for(self._inbox.get(), timeout)
+
+    async def next_error(self, timeout: float = 10) -> _Frame:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.errors:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("no error frame")
+            await asyncio.sleep(0.01)
+        return self.errors.pop(0)
+
+    def conversation(self, conv: str) -> list[ChatMessage]:
+        """The conversation as every device shows it: de-duplicated, in message-id order."""
+        return list(self.conversations.get(conv, []))
+
+    async def ack(self, seq: int) -> None:
+        if self._ws is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._ws.send(f'{{"type":"ack","seq":{seq}}}')
+
+    # --- internals ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            try:
+                async with websockets.connect(
+                    self.ws_url,
+                    additional_headers={"authorization": f"Bearer {self.token}"},
+                    max_size=self.max_size,
+                    compression=None,
+                    open_timeout=10,
+                ) as ws:
+                    self._ws = ws
+                    backoff = 0.05
+                    await self._session(ws)
+                self.close_codes.append(ws.close_code)
+            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+                if isinstance(exc, websockets.ConnectionClosed):
+                    self.close_codes.append(exc.rcvd.code if exc.rcvd else None)
+                if isinstance(exc, websockets.InvalidStatus) and not self.connected.is_set():
+                    self.connected.set()  # wake connect(); the failure is in close_codes
+                    self.close_codes.append(exc.response.status_code)
+                    raise
+            finally:
+                self._ws = None
+                self.caught_up.clear()
+            if not self.reconnect or self._closing:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    async def _session(self, ws: ClientConnection) -> None:
+        hello: dict[str, Any] = {"type": "hello", "cursor": self.cursor}
+        await ws.send(_encode(hello).decode())
+        for frame, _ in list(self._pending.values()):
+            await ws.send(frame.decode())
+        self.connected.set()
+        pending_ack = 0
+        async for raw in ws:
+            frame = _decode_frame(raw)
+            kind = frame.type
+            if kind == "msg":
+                assert frame.message is not None
+                self.cursor = frame.seq
+                self._deliver(Delivery(frame.seq, frame.message))
+                pending_ack += 1
+                if self.auto_ack and (pending_ack >= 100 or self.caught_up.is_set()):
+                    pending_ack = 0
+                    await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
+            elif kind == "sent":
+                entry = self._pending.pop(frame.client_id, None)
+                if entry and not entry[1].done():
+                    entry[1].set_result(Sent(frame.client_id, frame.id, frame.conv, frame.ts))
+            elif kind == "error":
+                entry = self._pending.pop(frame.ref, None) if frame.ref else None
+                if entry and not entry[1].done():
+                    entry[1].set_exception(ApiError(0, frame.code, frame.ref or ""))
+                else:
+                    self.errors.append(frame)
+            elif kind == "caught_up":
+                self.cursor = max(self.cursor or 0, frame.seq)
+                if self.auto_ack and pending_ack:
+                    pending_ack = 0
+                    await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
+                self.caught_up.set()
+            elif kind == "resync_needed":
+                self.resync_needed = frame
+
+    def _deliver(self, delivery: Delivery) -> None:
+        msg = delivery.message
+        if msg.id in self._seen:
+            return
+        self._seen.add(msg.id)
+        conv = self.conversations.setdefault(msg.conv, [])
+        bisect.insort(conv, msg, key=lambda m: m.id)
+        self._inbox.put_nowait(delivery)

@@ -1,0 +1,140 @@
+"""Per-user inboxes in one JetStream stream (implements core.ports.InboxLog)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from core.errors import ChatError, ErrorCode
+from core.ports import InboxEntry
+from jetstream.streams import JetStreamSettings
+
+_json = msgspec.json.Encoder()
+
+
+class _Watchers:
+    """One NATS subscription per user per process, shared by that user's connections here."""
+
+    def __init__(self) -> None:
+        self.sub: Subscription | None = None
+        self.callbacks: list[Callable[[InboxEntry], None]] = []
+
+
+class JetStreamInbox:
+    def __init__(self, nc: NATS, js: JetStreamContext, settings: JetStreamSettings) -> None:
+        self._nc = nc
+        self._js = js
+        self._s = settings
+        self._direct_get = f"$JS.API.DIRECT.GET.{settings.inbox_stream}"
+        self._reply_prefix = ""
+        self._replies: dict[str, asyncio.Queue[Msg]] = {}
+        self._watchers: dict[str, _Watchers] = {}
+        self._watch_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """One reply subscription for every read this process makes (not one per read)."""
+        self._reply_prefix = self._nc.new_inbox()
+        await self._nc.subscribe(f"{self._reply_prefix}.*", cb=self._on_reply)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        queue = self._replies.get(msg.subject.rpartition(".")[2])
+        if queue is not None:
+            queue.put_nowait(msg)
+
+    def subject(self, user: str) -> str:
+        return f"{self._s.inbox_subject}.{user}"
+
+    async def append(self, copies: Sequence[tuple[str, str, bytes]]) -> None:
+        # publish_async writes in call order on one connection, so JetStream stores the copies
+        # in that order. Its futures can hang on an error ack (nats.py #985): bound the wait.
+        futures = [
+            await self._js.publish_async(
+                self.subject(user), data, headers={"Nats-Msg-Id": dedupe_key}
+            )
+            for user, dedupe_key, data in copies
+        ]
+        try:
+            async with asyncio.timeout(self._s.publish_timeout_s):
+                await asyncio.gather(*futures)
+        except TimeoutError:
+            for f in futures:
+                f.cancel()
+            raise ChatError(
+                ErrorCode.UNAVAILABLE, "JetStream did not acknowledge the message in time; retry"
+            ) from None
+
+    async def read(self, user: str, after_seq: int, limit: int) -> list[InboxEntry]:
+        """A batched direct get (ADR-31): no consumer, answered by any replica."""
+        token = self._nc._nuid.next().decode()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._replies[token] = queue
+        request = {"seq": after_seq + 1, "next_by_subj": self.subject(user), "batch": limit}
+        entries: list[InboxEntry] = []
+        prev = after_seq
+        try:
+            await self._nc.publish(
+                self._direct_get, _json.encode(request), reply=f"{self._reply_prefix}.{token}"
+            )
+            async with asyncio.timeout(self._s.read_timeout_s):
+                while True:
+                    msg = await queue.get()
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status is not None:
+                        if status in ("204", "404"):  # end of batch / nothing after after_seq
+                            return entries
+                        raise ChatError(
+                            ErrorCode.UNAVAILABLE, f"inbox read failed: status {status}"
+                        )
+                    seq = int(headers["Nats-Sequence"])
+                    entries.append(InboxEntry(seq, prev, msg.data))
+                    prev = seq
+        except TimeoutError:
+            raise ChatError(ErrorCode.UNAVAILABLE, "inbox read timed out; retry") from None
+        finally:
+            del self._replies[token]
+
+    async def bounds(self) -> tuple[int, int]:
+        state = (await self._js.stream_info(self._s.inbox_stream)).state
+        return state.first_seq, state.last_seq
+
+    async def watch(
+        self, user: str, on_entry: Callable[[InboxEntry], None]
+    ) -> Callable[[], Awaitable[None]]:
+        async with self._watch_lock:
+            watchers = self._watchers.get(user)
+            if watchers is None:
+                watchers = self._watchers[user] = _Watchers()
+
+                async def dispatch(msg: Msg) -> None:
+                    headers = msg.headers or {}
+                    entry = InboxEntry(
+                        int(headers["Nats-Sequence"]),
+                        int(headers.get("Nats-Last-Sequence", 0)),
+                        msg.data,
+                    )
+                    for callback in list(watchers.callbacks):
+                        callback(entry)
+
+                watchers.sub = await self._nc.subscribe(
+                    f"{self._s.live_subject}.{user}", cb=dispatch
+                )
+            watchers.callbacks.append(on_entry)
+
+        async def unwatch() -> None:
+            async with self._watch_lock:
+                watchers.callbacks.remove(on_entry)
+                if not watchers.callbacks and self._watchers.get(user) is watchers:
+                    del self._watchers[user]
+                    if watchers.sub is not None:
+                        with contextlib.suppress(Exception):
+                            await watchers.sub.unsubscribe()
+
+        return unwatch

@@ -1,0 +1,82 @@
+"""Names and configs of everything jetchat keeps in JetStream, created idempotently.
+
+Operators see these with the ``nats`` CLI (docs/operations.md):
+
+- stream ``CHAT_INBOX``, subjects ``chat.inbox.<user>``: one durable inbox per user. Every
+  message is stored once in each participant's inbox. ``allow_direct`` lets any replica answer
+  reads without a consumer; RePublish copies each stored message to ``chat.live.inbox.<user>``
+  with its sequence and the previous sequence of that inbox, which is how connected devices
+  receive live messages and detect a gap.
+- KV bucket ``chat_sends``: ``<user>.<sha256(client id)>`` -> the original send result.
+- KV bucket ``chat_cursors``: ``<user>.<device>`` -> the device's acked inbox sequence.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RePublish,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+DAY_S = 86_400
+
+
+class JetStreamSettings(msgspec.Struct, frozen=True):
+    inbox_stream: str = "CHAT_INBOX"
+    inbox_subject: str = "chat.inbox"
+    live_subject: str = "chat.live.inbox"
+    inbox_retention_s: float = 30 * DAY_S
+    """How long an inbox keeps messages. Devices away longer get ``resync_needed``."""
+    duplicate_window_s: float = 120.0
+    """JetStream de-duplication window for inbox copies; it is kept in server memory, so it
+    is short. The send ledger covers resends after it."""
+    replicas: int = 1
+    """Replicas of the stream and buckets: 3 on a production cluster."""
+    sends_bucket: str = "chat_sends"
+    sends_ttl_s: float = DAY_S
+    """How long a resend with the same client message id returns the original result."""
+    cursors_bucket: str = "chat_cursors"
+    publish_timeout_s: float = 5.0
+    """Longest wait for JetStream to acknowledge a write before the send fails (retryable)."""
+    read_timeout_s: float = 5.0
+
+
+def inbox_stream_config(s: JetStreamSettings) -> StreamConfig:
+    return StreamConfig(
+        name=s.inbox_stream,
+        description="jetchat per-user inboxes: one subject per user",
+        subjects=[f"{s.inbox_subject}.*"],
+        storage=StorageType.FILE,
+        max_age=s.inbox_retention_s,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=s.duplicate_window_s,
+        num_replicas=s.replicas,
+        allow_direct=True,
+        republish=RePublish(src=f"{s.inbox_subject}.>", dest=f"{s.live_subject}.>"),
+    )
+
+
+async def ensure(js: JetStreamContext, s: JetStreamSettings) -> None:
+    """Create or update the stream and buckets; safe to run from many processes at once."""
+    config = inbox_stream_config(s)
+    try:
+        await js.add_stream(config)
+    except BadRequestError:  # exists with another config: bring it to ours
+        await js.update_stream(config)
+    for bucket, ttl in (
+        (s.sends_bucket, s.sends_ttl_s),
+        (s.cursors_bucket, s.inbox_retention_s + DAY_S),
+    ):
+        kv_config = KeyValueConfig(
+            bucket=bucket, history=1, ttl=ttl, replicas=s.replicas, direct=True
+        )
+        try:
+            await js.key_value(bucket)
+        except NotFoundError:
+            await js.create_key_value(kv_config)

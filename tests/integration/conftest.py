@@ -1,0 +1,50 @@
+"""End-to-end fixtures: real ``jetchat serve`` processes on the session's NATS and Postgres."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from jetchat_process import JetchatProcess
+
+
+# Short intervals so tests never wait long; production defaults are in jetchat/settings.py.
+TEST_ENV = {
+    "JETCHAT_CURSOR_FLUSH_S": "0.1",
+    "JETCHAT_WS_PING_INTERVAL_S": "5",
+    "JETCHAT_WS_PING_TIMEOUT_S": "5",
+    "JETCHAT_SHUTDOWN_GRACE_S": "2",
+}
+
+Spawn = Callable[..., JetchatProcess]
+
+
+@pytest.fixture
+def spawn(nats_url: str, pg_dsn: str, tmp_path: Path) -> Iterator[Spawn]:
+    """Start ``jetchat serve`` processes sharing this test's NATS and database."""
+    started: list[JetchatProcess] = []
+    numbers = itertools.count()
+
+    def start(port: int = 0, **env: str) -> JetchatProcess:
+        full_env = {
+            **TEST_ENV,
+            "JETCHAT_NATS_URL": nats_url,
+            "JETCHAT_POSTGRES_DSN": pg_dsn,
+            **{f"JETCHAT_{k.upper()}": v for k, v in env.items()},
+        }
+        proc = JetchatProcess(tmp_path / f"p{next(numbers)}", full_env, port=port).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def server(spawn: Spawn) -> JetchatProcess:
+    return spawn()
+
+
