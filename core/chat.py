@@ -24,6 +24,9 @@ class Limits(msgspec.Struct, frozen=True):
     """Bytes of frames queued for one client before the producers wait (1 MiB)."""
     send_timeout_s: float = 10.0
     """A client that does not take a frame for this long is closed as a slow consumer."""
+    close_timeout_s: float = 10.0
+    """How long a closing frame may wait behind frames the client has not read; after that the
+    connection is dropped without one."""
     max_inflight_sends: int = 256
     """Send frames queued per connection before the server stops reading from it."""
     cursor_flush_s: float = 1.0

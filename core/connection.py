@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Coroutine
 
 from core import metrics
 from core.chat import Chat
@@ -85,15 +86,15 @@ class Connection:
         self._acked = -1
         self._flushed = -1
         self._closed = False
+        self._closer: asyncio.Future[None] | None = None
 
     @property
     def user(self) -> str:
         return self.device.user_id
 
     async def open(self) -> None:
-        self._spawn(self._write_loop())
-        self._spawn(self._send_loop())
-        self._spawn(self._flush_loop())
+        for loop in (self._write_loop(), self._send_loop(), self._flush_loop()):
+            _ = self._spawn(loop)
         await self._outbox.put(
             encode(
                 Welcome(
@@ -139,8 +140,13 @@ class Connection:
         """Close from the server side (shutdown, slow consumer)."""
         if not self._closed:
             self._closed = True
-            with contextlib.suppress(Exception):
-                await self._transport.close(code, reason)
+            try:
+                async with asyncio.timeout(self._limits.close_timeout_s):
+                    await self._transport.close(code, reason)
+            except TimeoutError:
+                self._transport.abort()  # the close frame is stuck behind unread data
+            except Exception:  # noqa: S110 - already gone: nothing left to close
+                pass
 
     async def aclose(self) -> None:
         """The peer is gone: stop the tasks and save the acked position."""
@@ -154,8 +160,8 @@ class Connection:
 
     # --- tasks ---------------------------------------------------------------------------
 
-    def _spawn(self, coro: object) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -164,7 +170,7 @@ class Connection:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("connection task failed", exc_info=exc)
-            asyncio.ensure_future(self.close(1011, "internal error"))  # noqa: RUF006
+            self._closer = asyncio.ensure_future(self.close(1011, "internal error"))
 
     async def _write_loop(self) -> None:
         timeout = self._limits.send_timeout_s

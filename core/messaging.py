@@ -126,9 +126,9 @@ class Messaging:
             try:
                 await self._inbox.append(copies)
             except Exception as exc:
-                err = _as_chat_error(exc)
+                failure = _as_chat_error(exc)
                 for i, _, _ in writes:
-                    results[i] = err
+                    results[i] = failure
                 writes = []
 
         done = await asyncio.gather(

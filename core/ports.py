@@ -130,5 +130,10 @@ class Transport(Protocol):
         ...
 
     async def close(self, code: int, reason: str) -> None:
-        """Close the connection with a WebSocket close code (4000-4999 are ours)."""
+        """Close the connection with a WebSocket close code (4000-4999 are ours). May wait
+        while the peer does not read (the close frame queues behind unread frames)."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection now, without a closing handshake: the peer stopped reading."""
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from core.errors import ChatError, ErrorCode
+from core.model import ChatMessage
 
 PROTOCOL_VERSION = 1
 
@@ -43,7 +44,7 @@ class Ping(msgspec.Struct, tag="ping", tag_field="type", forbid_unknown_fields=T
 
 ClientFrame = Hello | Send | Ack | Ping
 
-_client_decoder = msgspec.json.Decoder(ClientFrame)
+_client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
 
 
 def decode_client_frame(data: str | bytes) -> ClientFrame:
@@ -106,7 +107,16 @@ class Pong(msgspec.Struct, tag="pong", tag_field="type"):
     pass
 
 
+class MsgFrame(msgspec.Struct, tag="msg", tag_field="type"):
+    """An inbox message; ``seq`` is the cursor to resume after it. The server builds it with
+    :func:`encode_msg`; clients decode it with :data:`server_frame_decoder`."""
+
+    seq: int
+    message: ChatMessage
+
+
 ServerFrame = Welcome | CaughtUp | ResyncNeeded | SentFrame | ErrorFrame | Pong
+server_frame_decoder = msgspec.json.Decoder(ServerFrame | MsgFrame)
 
 _encoder = msgspec.json.Encoder()
 

@@ -48,10 +48,10 @@ def serve(settings: Settings) -> None:
             create_app(settings),
             host=settings.host,
             port=settings.port,
-            # The websockets implementation waits on the socket's write buffer, so a client
-            # that stops reading blocks our writer (and hits send_timeout_s) instead of
-            # growing server memory.
-            ws="websockets",
+            # The sans-I/O websockets implementation waits while the socket's write buffer is
+            # full, so a client that stops reading blocks our writer (which then closes it
+            # after send_timeout_s) instead of growing server memory.
+            ws="websockets-sansio",
             ws_max_size=settings.ws_max_frame_bytes,
             ws_ping_interval=settings.ws_ping_interval_s,
             ws_ping_timeout=settings.ws_ping_timeout_s,

@@ -26,6 +26,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from core.model import ChatMessage, Sent
+from core.protocol import (
+    CaughtUp,
+    ErrorFrame,
+    MsgFrame,
+    ResyncNeeded,
+    SentFrame,
+    server_frame_decoder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +58,6 @@ class Delivery(msgspec.Struct, frozen=True):
     message: ChatMessage
 
 
-class _Frame(msgspec.Struct):
-    type: str
-    seq: int = 0
-    message: ChatMessage | None = None
-    client_id: str = ""
-    id: str = ""
-    conv: str = ""
-    ts: int = 0
-    code: str = ""
-    ref: str | None = None
-    cursor: int = 0
-    first_seq: int = 0
-    last_seq: int = 0
-    user: str = ""
-    device: str = ""
-
-
-_decode_frame = msgspec.json.Decoder(_Frame).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -121,8 +111,8 @@ class ChatClient:
         self.max_size = max_size
         self.caught_up = asyncio.Event()
         self.connected = asyncio.Event()
-        self.resync_needed: _Frame | None = None
-        self.errors: list[_Frame] = []
+        self.resync_needed: ResyncNeeded | None = None
+        self.errors: list[ErrorFrame] = []
         self.close_codes: list[int | None] = []
         self.conversations: dict[str, list[ChatMessage]] = {}
         self._inbox: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -179,7 +169,7 @@ class ChatClient:
     async def next_message(self, timeout: float = 10) -> Delivery:
         return await asyncio.wait_for(self._inbox.get(), timeout)
 
-    async def next_error(self, timeout: float = 10) -> _Frame:
+    async def next_error(self, timeout: float = 10) -> ErrorFrame:
         deadline = asyncio.get_running_loop().time() + timeout
         while not self.errors:
             if asyncio.get_running_loop().time() > deadline:
@@ -213,7 +203,8 @@ class ChatClient:
                     backoff = 0.05
                     await self._session(ws)
                 self.close_codes.append(ws.close_code)
-            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+            except Exception as exc:
+                log.warning("connection failed: %r", exc)
                 if isinstance(exc, websockets.ConnectionClosed):
                     self.close_codes.append(exc.rcvd.code if exc.rcvd else None)
                 if isinstance(exc, websockets.InvalidStatus) and not self.connected.is_set():
@@ -236,33 +227,31 @@ class ChatClient:
         self.connected.set()
         pending_ack = 0
         async for raw in ws:
-            frame = _decode_frame(raw)
-            kind = frame.type
-            if kind == "msg":
-                assert frame.message is not None
+            frame = server_frame_decoder.decode(raw)
+            if isinstance(frame, MsgFrame):
                 self.cursor = frame.seq
                 self._deliver(Delivery(frame.seq, frame.message))
                 pending_ack += 1
                 if self.auto_ack and (pending_ack >= 100 or self.caught_up.is_set()):
                     pending_ack = 0
                     await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
-            elif kind == "sent":
+            elif isinstance(frame, SentFrame):
                 entry = self._pending.pop(frame.client_id, None)
                 if entry and not entry[1].done():
                     entry[1].set_result(Sent(frame.client_id, frame.id, frame.conv, frame.ts))
-            elif kind == "error":
+            elif isinstance(frame, ErrorFrame):
                 entry = self._pending.pop(frame.ref, None) if frame.ref else None
                 if entry and not entry[1].done():
-                    entry[1].set_exception(ApiError(0, frame.code, frame.ref or ""))
+                    entry[1].set_exception(ApiError(0, frame.code, frame.message))
                 else:
                     self.errors.append(frame)
-            elif kind == "caught_up":
+            elif isinstance(frame, CaughtUp):
                 self.cursor = max(self.cursor or 0, frame.seq)
                 if self.auto_ack and pending_ack:
                     pending_ack = 0
                     await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
                 self.caught_up.set()
-            elif kind == "resync_needed":
+            elif isinstance(frame, ResyncNeeded):
                 self.resync_needed = frame
 
     def _deliver(self, delivery: Delivery) -> None:

@@ -51,6 +51,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     live_buffer: int = 1024
     outbox_bytes: int = 1 << 20
     send_timeout_s: float = 10.0
+    close_timeout_s: float = 10.0
     max_inflight_sends: int = 256
     cursor_flush_s: float = 1.0
 

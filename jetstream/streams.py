@@ -55,7 +55,7 @@ def inbox_stream_config(s: JetStreamSettings) -> StreamConfig:
         storage=StorageType.FILE,
         max_age=s.inbox_retention_s,
         discard=DiscardPolicy.OLD,
-        duplicate_window=s.duplicate_window_s,
+        duplicate_window=min(s.duplicate_window_s, s.inbox_retention_s),  # JetStream requires it
         num_replicas=s.replicas,
         allow_direct=True,
         republish=RePublish(src=f"{s.inbox_subject}.>", dest=f"{s.live_subject}.>"),

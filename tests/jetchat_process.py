@@ -23,7 +23,7 @@ class JetchatProcess:
             "JETCHAT_HOST": "127.0.0.1",
             "JETCHAT_PORT": str(self.port),
             "JETCHAT_DATA_DIR": str(data_dir),
-            "JETCHAT_LOG_LEVEL": "warning",
+            "JETCHAT_LOG_LEVEL": "info",
             **env,
         }
         self.log_path = data_dir / f"jetchat-{self.port}.log"
@@ -40,7 +40,7 @@ class JetchatProcess:
 
     def start(self, timeout: float = 30) -> JetchatProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jetchat.cli", "serve"],
             env=self.env,

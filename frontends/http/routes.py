@@ -120,7 +120,9 @@ def chat_error_handler(_: Request[object, object, State], exc: ChatError) -> Res
     return Response(body, status_code=status, media_type="application/json")
 
 
-def http_error_handler(_: Request[object, object, State], exc: HTTPException) -> Response[bytes]:
+def http_error_handler(
+    request: Request[object, object, State], exc: HTTPException
+) -> Response[bytes]:
     """Litestar's own errors (bad JSON body, unknown route) in our error shape."""
     code = {400: ErrorCode.MALFORMED, 404: ErrorCode.NOT_FOUND, 401: ErrorCode.UNAUTHORIZED}.get(
         exc.status_code, ErrorCode.INVALID_ARGUMENT if exc.status_code < 500 else ErrorCode.INTERNAL
@@ -128,7 +130,7 @@ def http_error_handler(_: Request[object, object, State], exc: HTTPException) ->
     detail = exc.detail
     if isinstance(exc.extra, list) and exc.extra:
         detail = f"{detail}: {exc.extra}"
-    _, body = error_body(ChatError(code, detail))
+    body = error_body(ChatError(code, detail))[1]
     return Response(body, status_code=exc.status_code, media_type="application/json")
 
 

@@ -6,11 +6,19 @@ A thin adapter: it checks the Origin and the token at the upgrade, then hands ev
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 from litestar import WebSocket, websocket
 from litestar.datastructures import State
+from litestar.handlers import WebsocketRouteHandler
+from litestar.types import (
+    WebSocketCloseEvent,
+    WebSocketResponseBodyEvent,
+    WebSocketResponseStartEvent,
+    WebSocketSendEvent,
+)
 
 from core.chat import Chat
 from core.connection import Connection
@@ -26,12 +34,22 @@ class WsTransport:
 
     def __init__(self, socket: WebSocket[object, object, State]) -> None:
         self._socket = socket
+        self._handler = asyncio.current_task()
+        self.aborted = False
 
     async def send(self, frame: str) -> None:
-        await self._socket.send({"type": "websocket.send", "text": frame})
+        event: WebSocketSendEvent = {"type": "websocket.send", "text": frame, "bytes": None}
+        await self._socket.send(event)
 
     async def close(self, code: int, reason: str) -> None:
-        await self._socket.send({"type": "websocket.close", "code": code, "reason": reason})
+        event: WebSocketCloseEvent = {"type": "websocket.close", "code": code, "reason": reason}
+        await self._socket.send(event)
+
+    def abort(self) -> None:
+        # Ending the handler makes the server drop the connection.
+        self.aborted = True
+        if self._handler is not None:
+            self._handler.cancel()
 
 
 class WsSettings:
@@ -48,17 +66,21 @@ async def _reject(socket: WebSocket[object, object, State], err: ChatError) -> N
     ``websocket.http.response`` extension), so clients see 401/403 and the reason."""
     status, body = error_body(err)
     await socket.receive()  # websocket.connect
-    await socket.send(
-        {
-            "type": "websocket.http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json")],
-        }
-    )
-    await socket.send({"type": "websocket.http.response.body", "body": body})
+    start: WebSocketResponseStartEvent = {
+        "type": "websocket.http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json")],
+    }
+    await socket.send(start)
+    end: WebSocketResponseBodyEvent = {
+        "type": "websocket.http.response.body",
+        "body": body,
+        "more_body": False,
+    }
+    await socket.send(end)
 
 
-def make_ws_handler(registry: Callable[[Connection, bool], None]) -> object:
+def make_ws_handler(registry: Callable[[Connection, bool], None]) -> WebsocketRouteHandler:
     """``registry(conn, True)`` on open and ``(conn, False)`` on close lets the app drain
     connections at shutdown and count them."""
 
@@ -75,7 +97,8 @@ def make_ws_handler(registry: Callable[[Connection, bool], None]) -> object:
             await _reject(socket, err)
             return
         await socket.accept()
-        conn = Connection(chat, device, WsTransport(socket))
+        transport = WsTransport(socket)
+        conn = Connection(chat, device, transport)
         registry(conn, True)
         try:
             await conn.open()
@@ -85,6 +108,10 @@ def make_ws_handler(registry: Callable[[Connection, bool], None]) -> object:
                     break
                 text = event.get("text")
                 await conn.receive(text if text is not None else event.get("bytes") or b"")
+        except asyncio.CancelledError:
+            if not transport.aborted:
+                raise
+            # Our own abort: returning lets the server drop the connection.
         finally:
             registry(conn, False)
             await conn.aclose()

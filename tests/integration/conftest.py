@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from jetchat_process import JetchatProcess
 
-
 # Short intervals so tests never wait long; production defaults are in jetchat/settings.py.
 TEST_ENV = {
     "JETCHAT_CURSOR_FLUSH_S": "0.1",
@@ -46,5 +45,3 @@ def spawn(nats_url: str, pg_dsn: str, tmp_path: Path) -> Iterator[Spawn]:
 @pytest.fixture
 def server(spawn: Spawn) -> JetchatProcess:
     return spawn()
-
-

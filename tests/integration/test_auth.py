@@ -1,0 +1,108 @@
+"""Accounts and tokens: every rejection with the right status, over HTTP and WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import websockets
+from helpers import PASSWORD, device, new_user
+
+from jetchat.client import ApiError, ChatClient, log_in, sign_up
+
+
+def ws_url(base: str) -> str:
+    return base.replace("http", "ws") + "/v1/ws"
+
+
+async def ws_status(base: str, headers: dict[str, str]) -> int:
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with websockets.connect(ws_url(base), additional_headers=headers):
+            pass
+    return info.value.response.status_code
+
+
+async def test_sign_up_log_in_profile_devices_log_out(server):
+    url = server.base_url
+    alice = await new_user(url, "alice")
+    with pytest.raises(ApiError) as info:
+        await sign_up(url, alice, PASSWORD)
+    assert (info.value.status, info.value.code) == (409, "username_taken")
+    with pytest.raises(ApiError) as info:
+        await sign_up(url, "No Spaces!", PASSWORD)
+    assert (info.value.status, info.value.code) == (422, "invalid_argument")
+
+    laptop = await log_in(url, alice, PASSWORD, "laptop")
+    phone = await log_in(url, alice, PASSWORD, "phone")
+    async with httpx.AsyncClient(base_url=url) as http:
+        auth = {"authorization": f"Bearer {laptop.token}"}
+        me = (await http.get("/v1/me", headers=auth)).json()
+        assert me["id"] == alice and me["display_name"] == "Alice"
+        devices = (await http.get("/v1/devices", headers=auth)).json()
+        assert [d["name"] for d in devices] == ["laptop", "phone"]
+        assert (await http.get(f"/v1/users/{alice}", headers=auth)).status_code == 200
+        assert (await http.get("/v1/users/nobody_at_all", headers=auth)).status_code == 404
+        # revoke the phone from the laptop
+        resp = await http.delete(f"/v1/devices/{phone.device_id}", headers=auth)
+        assert resp.status_code == 204
+        phone_auth = {"authorization": f"Bearer {phone.token}"}
+        resp = await http.get("/v1/me", headers=phone_auth)
+        assert resp.status_code == 401 and resp.json()["code"] == "unauthorized"
+        # log out the laptop itself
+        assert (await http.delete("/v1/sessions/current", headers=auth)).status_code == 204
+        assert (await http.get("/v1/me", headers=auth)).status_code == 401
+        assert await ws_status(url, auth) == 401
+
+
+async def test_wrong_password_and_unknown_user_look_the_same(server):
+    url = server.base_url
+    alice = await new_user(url, "alice")
+    for user, password in ((alice, "wrong password"), ("nobody_at_all", PASSWORD)):
+        with pytest.raises(ApiError) as info:
+            await log_in(url, user, password)
+        assert (info.value.status, info.value.code) == (401, "bad_credentials")
+
+
+async def test_no_token_or_a_bad_token(server):
+    url = server.base_url
+    async with httpx.AsyncClient(base_url=url) as http:
+        resp = await http.get("/v1/me")
+        assert resp.status_code == 401 and resp.json()["code"] == "unauthorized"
+        resp = await http.get("/v1/me", headers={"authorization": "Bearer forged"})
+        assert resp.status_code == 401
+        resp = await http.post("/v1/messages", json={"client_id": "c", "to": "x", "text": "t"})
+        assert resp.status_code == 401
+    assert await ws_status(url, {}) == 401
+    assert await ws_status(url, {"authorization": "Bearer forged"}) == 401
+
+
+async def test_expired_token_is_rejected(spawn):
+    server = spawn(token_ttl_s="1")
+    url = server.base_url
+    alice = await new_user(url, "alice")
+    token = await device(url, alice)
+    await asyncio.sleep(1.2)
+    auth = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url) as http:
+        resp = await http.get("/v1/me", headers=auth)
+    assert resp.status_code == 401 and "expired" in resp.json()["message"]
+    assert await ws_status(url, auth) == 401
+
+
+async def test_origin_allowlist_at_the_upgrade(spawn):
+    server = spawn(ws_allowed_origins="https://app.example")
+    url = server.base_url
+    alice = await new_user(url, "alice")
+    token = await device(url, alice)
+    auth = {"authorization": f"Bearer {token}"}
+    assert await ws_status(url, {**auth, "origin": "https://evil.example"}) == 403
+    async with websockets.connect(
+        ws_url(url), additional_headers=auth, origin="https://app.example"
+    ):
+        pass
+    # a token in the query string works for browsers, which cannot set headers
+    async with ChatClient(url, token) as c:
+        assert c.connected.is_set()
+    async with websockets.connect(ws_url(url) + f"?token={token}") as ws:
+        assert '"welcome"' in await ws.recv()
