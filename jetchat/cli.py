@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 from collections.abc import Iterator
 
 import msgspec
@@ -62,7 +63,12 @@ def serve(settings: Settings) -> None:
             timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         )
         server = uvicorn.Server(config)
-        server.run()  # returns after SIGINT/SIGTERM, once connections are drained
+        # uvicorn handles SIGINT/SIGTERM itself (graceful shutdown), then raises the signal
+        # again with the handlers found at start; ignoring it there lets the embedded servers
+        # below be stopped instead of orphaned.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
+        server.run()
 
 
 def main(argv: list[str] | None = None) -> None:

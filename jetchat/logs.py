@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
+
+
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"']+")
+
+
+def _redact_tokens(record: logging.LogRecord) -> bool:
+    """Browsers put the bearer token in the WebSocket URL; uvicorn logs that URL."""
+    message = record.getMessage()
+    if "token=" in message:
+        record.msg, record.args = _TOKEN_IN_QUERY.sub(r"\1***", message), None
+    return True
 
 
 def configure(level: str, json: bool) -> None:
@@ -28,6 +40,7 @@ def configure(level: str, json: bool) -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(_redact_tokens)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
