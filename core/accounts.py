@@ -10,7 +10,7 @@ import msgspec
 from core.errors import ChatError, ErrorCode
 from core.ids import USER_ID_RE, new_device_id, new_token, token_hash
 from core.model import Device, User
-from core.ports import AccountStore, Clock
+from core.ports import AccountStore, Clock, RevocationBus
 
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024  # argon2 takes any length; this only bounds the work per request
@@ -43,8 +43,11 @@ class Accounts:
     event loop. Tokens are random, one per device, stored hashed, and checked on every request
     against the store, so a revocation takes effect at once on every process."""
 
-    def __init__(self, store: AccountStore, clock: Clock, token_ttl_s: int) -> None:
+    def __init__(
+        self, store: AccountStore, clock: Clock, token_ttl_s: int, revocations: RevocationBus
+    ) -> None:
         self._store = store
+        self._revocations = revocations
         self._clock = clock
         self._token_ttl_ms = token_ttl_s * 1000
         self._hasher = argon2.PasswordHasher()
@@ -117,6 +120,7 @@ class Accounts:
     async def revoke(self, user_id: str, device_id: str) -> None:
         if not await self._store.revoke_device(user_id, device_id, self._clock.now_ms()):
             raise ChatError(ErrorCode.NOT_FOUND, f"no device {device_id!r}")
+        await self._revocations.publish(device_id)
 
     async def profile(self, user_id: str) -> Profile:
         user = await self._store.get_user(user_id) if USER_ID_RE.fullmatch(user_id) else None

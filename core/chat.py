@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import TYPE_CHECKING
+
 import msgspec
 
 from core.accounts import Accounts
 from core.messaging import Messaging
 from core.ports import CursorStore, InboxLog
+
+if TYPE_CHECKING:
+    from core.connection import Connection
+
+CLOSE_GOING_AWAY = 1001  # server shutting down: reconnect, possibly to another process
+CLOSE_REVOKED = 4001  # the device was logged out or revoked: log in again
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -47,3 +56,30 @@ class Chat:
         self.inbox = inbox
         self.cursors = cursors
         self.limits = limits
+        self._by_device: dict[str, set[Connection]] = {}
+
+    @property
+    def connections(self) -> list[Connection]:
+        return [c for conns in self._by_device.values() for c in conns]
+
+    def attach(self, conn: Connection) -> None:
+        self._by_device.setdefault(conn.device.id, set()).add(conn)
+
+    def detach(self, conn: Connection) -> None:
+        conns = self._by_device.get(conn.device.id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._by_device[conn.device.id]
+
+    def device_revoked(self, device_id: str) -> None:
+        """Close this process's connections of a revoked device (called by the revocation bus)."""
+        for conn in list(self._by_device.get(device_id, ())):
+            conn.close_soon(CLOSE_REVOKED, "device logged out or revoked")
+
+    async def drain(self) -> None:
+        """Close every connection of this process so the clients reconnect elsewhere."""
+        await asyncio.gather(
+            *(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in self.connections),
+            return_exceptions=True,
+        )

@@ -40,7 +40,6 @@ from core.protocol import (
 
 log = logging.getLogger(__name__)
 
-CLOSE_GOING_AWAY = 1001  # server shutting down: reconnect, possibly to another process
 CLOSE_SLOW_CONSUMER = 4008  # the client did not read its frames in time: reconnect with cursor
 SEND_BATCH = 64  # sends taken from the queue per write to JetStream
 
@@ -74,7 +73,7 @@ class Outbox:
 
 
 class Connection:
-    def __init__(self, chat: Chat, device: Device, transport: Transport) -> None:
+    def __init__(self, chat: Chat, device: Device, transport: Transport, kind: str = "ws") -> None:
         self._chat = chat
         self._limits = chat.limits
         self.device = device
@@ -87,12 +86,17 @@ class Connection:
         self._flushed = -1
         self._closed = False
         self._closer: asyncio.Future[None] | None = None
+        self._kind = kind
+        self._attached = False
 
     @property
     def user(self) -> str:
         return self.device.user_id
 
     async def open(self) -> None:
+        self._chat.attach(self)
+        self._attached = True
+        metrics.CONNECTIONS.labels(self._kind).inc()
         for loop in (self._write_loop(), self._send_loop(), self._flush_loop()):
             _ = self._spawn(loop)
         await self._outbox.put(
@@ -148,8 +152,16 @@ class Connection:
             except Exception:  # noqa: S110 - already gone: nothing left to close
                 pass
 
+    def close_soon(self, code: int, reason: str) -> None:
+        """:meth:`close` from synchronous code (a NATS callback)."""
+        self._closer = asyncio.ensure_future(self.close(code, reason))
+
     async def aclose(self) -> None:
         """The peer is gone: stop the tasks and save the acked position."""
+        if self._attached:
+            self._attached = False
+            self._chat.detach(self)
+            metrics.CONNECTIONS.labels(self._kind).dec()
         self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
@@ -170,7 +182,7 @@ class Connection:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("connection task failed", exc_info=exc)
-            self._closer = asyncio.ensure_future(self.close(1011, "internal error"))
+            self.close_soon(1011, "internal error")
 
     async def _write_loop(self) -> None:
         timeout = self._limits.send_timeout_s

@@ -120,6 +120,19 @@ class CursorStore(Protocol):
     async def put(self, user: str, device: str, seq: int) -> None: ...
 
 
+class RevocationBus(Protocol):
+    """Tells every process that a device was logged out or revoked, so its open connections
+    close at once (new requests are refused anyway: tokens are checked against the store)."""
+
+    async def publish(self, device_id: str) -> None:
+        """At most once: a lost notice leaves a connection open until it reconnects."""
+        ...
+
+    async def subscribe(self, on_revoked: Callable[[str], None]) -> None:
+        """Call ``on_revoked(device_id)`` for every notice from any process, this one included."""
+        ...
+
+
 class Transport(Protocol):
     """One client connection as the core sees it (WebSocket today, long polling later).
 

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import nats
 from litestar import Litestar, MediaType, Response, get
@@ -21,18 +21,17 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
-from core import metrics
 from core.accounts import Accounts
 from core.chat import Chat
-from core.connection import CLOSE_GOING_AWAY, Connection
 from core.ids import MessageIds
 from core.messaging import Messaging
 from frontends.http.routes import exception_handlers, route_handlers
-from frontends.ws.handler import WsSettings, make_ws_handler
+from frontends.ws.handler import WsSettings, ws_handler
 from jetchat.settings import Settings
 from jetstream import streams
 from jetstream.inbox import JetStreamInbox
 from jetstream.kv import KvCursorStore, KvSendLedger
+from jetstream.revocations import NatsRevocationBus
 from storage.postgres import PostgresAccountStore, migrate, open_pool
 
 log = logging.getLogger("jetchat")
@@ -49,7 +48,6 @@ class Services:
     nc: NATS
     pool: AsyncConnectionPool
     chat: Chat
-    connections: set[Connection] = field(default_factory=set)
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -67,30 +65,16 @@ class Services:
         clock = SystemClock()
         inbox = JetStreamInbox(nc, js, settings.jetstream)
         await inbox.start()
-        accounts = Accounts(PostgresAccountStore(pool), clock, settings.token_ttl_s)
+        revocations = NatsRevocationBus(nc)
+        accounts = Accounts(PostgresAccountStore(pool), clock, settings.token_ttl_s, revocations)
         ledger = KvSendLedger(await js.key_value(settings.jetstream.sends_bucket))
         cursors = KvCursorStore(await js.key_value(settings.jetstream.cursors_bucket))
         messaging = Messaging(
             accounts, inbox, ledger, MessageIds(clock), settings.max_message_chars
         )
         chat = Chat(accounts, messaging, inbox, cursors, settings.limits)
+        await revocations.subscribe(chat.device_revoked)
         return cls(settings, nc, pool, chat)
-
-    def register(self, conn: Connection, is_open: bool) -> None:
-        if is_open:
-            self.connections.add(conn)
-            metrics.CONNECTIONS.labels("ws").inc()
-        else:
-            self.connections.discard(conn)
-            metrics.CONNECTIONS.labels("ws").dec()
-
-    async def drain(self) -> None:
-        """Close every client connection with 1001 so clients reconnect (to any process)."""
-        conns = list(self.connections)
-        await asyncio.gather(
-            *(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in conns),
-            return_exceptions=True,
-        )
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -134,12 +118,9 @@ def prometheus_metrics() -> Response[bytes]:
 
 
 def create_app(settings: Settings) -> Litestar:
-    holder: dict[str, Services] = {}
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = await Services.start(settings)
-        holder["services"] = services
         app.state.services = services
         app.state.chat = services.chat
         app.state.ws_settings = WsSettings(
@@ -148,16 +129,13 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
-            await services.drain()
+            await services.chat.drain()
             await services.stop()
-
-    def register(conn: Connection, is_open: bool) -> None:
-        holder["services"].register(conn, is_open)
 
     return Litestar(
         route_handlers=[
             *route_handlers,
-            make_ws_handler(register),
+            ws_handler,
             healthz,
             readyz,
             prometheus_metrics,

@@ -8,7 +8,6 @@ import sys
 
 import structlog
 
-
 _TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"']+")
 
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from litestar import WebSocket, websocket
 from litestar.datastructures import State
-from litestar.handlers import WebsocketRouteHandler
 from litestar.types import (
     WebSocketCloseEvent,
     WebSocketResponseBodyEvent,
@@ -80,40 +78,32 @@ async def _reject(socket: WebSocket[object, object, State], err: ChatError) -> N
     await socket.send(end)
 
 
-def make_ws_handler(registry: Callable[[Connection, bool], None]) -> WebsocketRouteHandler:
-    """``registry(conn, True)`` on open and ``(conn, False)`` on close lets the app drain
-    connections at shutdown and count them."""
-
-    @websocket("/v1/ws")
-    async def ws(socket: WebSocket[object, object, State]) -> None:
-        chat: Chat = socket.app.state.chat
-        ws_settings: WsSettings = socket.app.state.ws_settings
-        if not ws_settings.origin_allowed(socket.headers.get("origin")):
-            await _reject(socket, ChatError(ErrorCode.FORBIDDEN_ORIGIN, "origin not allowed"))
-            return
-        try:
-            device = await chat.accounts.authenticate(bearer_token(socket))
-        except ChatError as err:
-            await _reject(socket, err)
-            return
-        await socket.accept()
-        transport = WsTransport(socket)
-        conn = Connection(chat, device, transport)
-        registry(conn, True)
-        try:
-            await conn.open()
-            while True:
-                event = await socket.receive()
-                if event["type"] != "websocket.receive":
-                    break
-                text = event.get("text")
-                await conn.receive(text if text is not None else event.get("bytes") or b"")
-        except asyncio.CancelledError:
-            if not transport.aborted:
-                raise
-            # Our own abort: returning lets the server drop the connection.
-        finally:
-            registry(conn, False)
-            await conn.aclose()
-
-    return ws
+@websocket("/v1/ws")
+async def ws_handler(socket: WebSocket[object, object, State]) -> None:
+    chat: Chat = socket.app.state.chat
+    ws_settings: WsSettings = socket.app.state.ws_settings
+    if not ws_settings.origin_allowed(socket.headers.get("origin")):
+        await _reject(socket, ChatError(ErrorCode.FORBIDDEN_ORIGIN, "origin not allowed"))
+        return
+    try:
+        device = await chat.accounts.authenticate(bearer_token(socket))
+    except ChatError as err:
+        await _reject(socket, err)
+        return
+    await socket.accept()
+    transport = WsTransport(socket)
+    conn = Connection(chat, device, transport)
+    try:
+        await conn.open()
+        while True:
+            event = await socket.receive()
+            if event["type"] != "websocket.receive":
+                break
+            text = event.get("text")
+            await conn.receive(text if text is not None else event.get("bytes") or b"")
+    except asyncio.CancelledError:
+        if not transport.aborted:
+            raise
+        # Our own abort: returning lets the server drop the connection.
+    finally:
+        await conn.aclose()

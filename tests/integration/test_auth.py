@@ -106,3 +106,47 @@ async def test_origin_allowlist_at_the_upgrade(spawn):
         assert c.connected.is_set()
     async with websockets.connect(ws_url(url) + f"?token={token}") as ws:
         assert '"welcome"' in await ws.recv()
+
+
+async def test_revoking_a_device_closes_its_open_websocket_on_any_process(spawn):
+    p1, p2 = spawn(), spawn()
+    alice = await new_user(p1.base_url, "alice")
+    laptop = await log_in(p1.base_url, alice, PASSWORD, "laptop")
+    phone = await log_in(p1.base_url, alice, PASSWORD, "phone")
+    c = ChatClient(p1.base_url, phone.token, cursor=0, reconnect=False)
+    await c.connect()
+    await c.caught_up.wait()
+    async with httpx.AsyncClient(base_url=p2.base_url) as http:  # revoked from the other process
+        auth = {"authorization": f"Bearer {laptop.token}"}
+        assert (
+            await http.delete(f"/v1/devices/{phone.device_id}", headers=auth)
+        ).status_code == 204
+    async with asyncio.timeout(5):
+        while not c.close_codes:
+            await asyncio.sleep(0.02)
+    assert c.close_codes == [4001]
+    await c.close()
+
+
+async def test_a_client_that_stops_answering_pings_is_closed(spawn):
+    server = spawn(ws_ping_interval_s="0.3", ws_ping_timeout_s="0.3")
+    url = server.base_url
+    alice = await new_user(url, "alice")
+    ws = await websockets.connect(
+        ws_url(url), additional_headers={"authorization": f"Bearer {await device(url, alice)}"}
+    )
+    await ws.recv()
+    ws.transport.pause_reading()  # a dead peer: it never reads the server's pings
+
+    async def open_connections() -> str:
+        async with httpx.AsyncClient(base_url=url) as http:
+            metrics = (await http.get("/metrics")).text
+        return next(
+            line for line in metrics.splitlines() if line.startswith("jetchat_connections{")
+        )
+
+    assert (await open_connections()).endswith(" 1.0")
+    async with asyncio.timeout(5):
+        while not (await open_connections()).endswith(" 0.0"):
+            await asyncio.sleep(0.1)
+    ws.transport.abort()

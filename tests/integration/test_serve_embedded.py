@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from helpers import device, new_user
@@ -31,6 +32,6 @@ async def run_embedded(data):
     while (processes_using(data / "nats") or processes_using(data / "postgres")) and (
         time.monotonic() < deadline
     ):
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
     assert processes_using(data / "nats") == []
     assert processes_using(data / "postgres") == []
