@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from core.accounts import Accounts
+from core.history import History
 from core.messaging import Messaging
 from core.ports import CursorStore, InboxLog
 
@@ -47,12 +48,14 @@ class Chat:
         self,
         accounts: Accounts,
         messaging: Messaging,
+        history: History,
         inbox: InboxLog,
         cursors: CursorStore,
         limits: Limits,
     ) -> None:
         self.accounts = accounts
         self.messaging = messaging
+        self.history = history
         self.inbox = inbox
         self.cursors = cursors
         self.limits = limits

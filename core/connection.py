@@ -25,7 +25,11 @@ from core.protocol import (
     PROTOCOL_VERSION,
     Ack,
     CaughtUp,
+    Conversations,
+    GetConversations,
+    GetHistory,
     Hello,
+    HistoryPage,
     Ping,
     Pong,
     ResyncNeeded,
@@ -139,6 +143,9 @@ class Connection:
             self._feed_task = self._spawn(self._feed_loop(frame.cursor))
         elif isinstance(frame, Ping):
             await self._outbox.put(encode(Pong()))
+        elif isinstance(frame, GetHistory | GetConversations):
+            # Reads run beside the frame loop (they wait on the store); answers carry ``ref``.
+            _ = self._spawn(self._answer_read(frame))
 
     async def close(self, code: int, reason: str) -> None:
         """Close from the server side (shutdown, slow consumer)."""
@@ -276,6 +283,31 @@ class Connection:
                     await wake.wait()
         finally:
             await unwatch()
+
+    async def _answer_read(self, frame: GetHistory | GetConversations) -> None:
+        history = self._chat.history
+        try:
+            if isinstance(frame, GetHistory):
+                messages = await history.page(
+                    self.user,
+                    frame.conv,
+                    before=frame.before,
+                    after=frame.after,
+                    around=frame.around,
+                    limit=frame.limit,
+                )
+                answer: str = encode(HistoryPage(frame.ref, frame.conv, messages))
+            else:
+                summaries = await history.conversations(self.user, frame.limit)
+                answer = encode(Conversations(frame.ref, summaries))
+        except ChatError as err:
+            answer = error_frame(err, frame.ref)
+        except Exception:
+            log.exception("history read failed")
+            answer = error_frame(
+                ChatError(ErrorCode.UNAVAILABLE, "history store did not answer; retry"), frame.ref
+            )
+        await self._outbox.put(answer)
 
     async def _reply_error(self, err: ChatError, ref: str | None = None) -> None:
         await self._outbox.put(error_frame(err, ref))

@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     BAD_CREDENTIALS = "bad_credentials"
     USERNAME_TAKEN = "username_taken"
     NOT_FOUND = "not_found"
+    FORBIDDEN = "forbidden"  # not a member of the conversation
     FORBIDDEN_ORIGIN = "forbidden_origin"
     # delivery
     UNKNOWN_RECIPIENT = "unknown_recipient"

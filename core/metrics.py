@@ -13,4 +13,9 @@ SEND_SECONDS = Histogram(
 )
 CONNECTIONS = Gauge("jetchat_connections", "Open client connections", ["transport"])
 DELIVERED = Counter("jetchat_messages_delivered_total", "Inbox messages written to clients")
+ARCHIVED = Counter("jetchat_archived_messages_total", "Messages written to the history store")
+ARCHIVER_LAG = Gauge(
+    "jetchat_archiver_lag_messages",
+    "Inbox messages not yet archived (pending + unacknowledged on the archiver consumer)",
+)
 SLOW_CONSUMERS = Counter("jetchat_slow_consumers_total", "Connections closed as slow consumers")

@@ -44,6 +44,28 @@ class ChatMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     client_id: str = ""
 
 
+class ConversationSummary(msgspec.Struct, frozen=True):
+    """A conversation a user takes part in, with its newest archived message."""
+
+    conv: str
+    last_id: str
+    last_ts: int
+
+
+def conversation_members(conv: str) -> tuple[str, ...]:
+    """The members of a 1:1 conversation, from its id ``dm.<a>.<b>``."""
+    kind, _, rest = conv.partition(".")
+    if kind != "dm":
+        raise ValueError(f"not a 1:1 conversation: {conv!r}")
+    a, _, b = rest.partition(".")
+    return (a, b) if a != b else (a,)
+
+
+def id_time_ms(message_id: str) -> int:
+    """The ms timestamp a message id carries (its first 12 hex digits, see core.ids)."""
+    return int(message_id[:12], 16)
+
+
 class SendRecord(msgspec.Struct, frozen=True):
     """What the idempotency store keeps per (sender, client message id).
 

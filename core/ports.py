@@ -11,7 +11,7 @@ from typing import Protocol
 
 import msgspec
 
-from core.model import Device, SendRecord, User
+from core.model import ChatMessage, ConversationSummary, Device, SendRecord, User
 
 
 class Clock(Protocol):
@@ -49,6 +49,39 @@ class AccountStore(Protocol):
 
     async def ping(self) -> None:
         """Raise if the store cannot answer (readiness)."""
+        ...
+
+
+class HistoryStore(Protocol):
+    """History kept forever: Cassandra in production, Postgres in the embedded default. Both
+    pass the same contract tests (tests/integration/test_history_contract.py).
+
+    Order within a conversation is the order of message ids (fixed-width hex, so byte order is
+    time order). Pages are always returned in ascending id order."""
+
+    async def write(self, messages: Sequence[ChatMessage]) -> None:
+        """Store messages and update each participant's conversation list. Idempotent: a
+        message already stored (same conversation and id) overwrites itself, never
+        duplicates, so a batch may be replayed whole after a crash. Each message is atomic on
+        its own; a batch is not (after a failure any subset may be stored: replay it)."""
+        ...
+
+    async def page(
+        self,
+        conv: str,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        limit: int,
+    ) -> list[ChatMessage]:
+        """Up to ``limit`` messages of ``conv``: the newest ones (neither bound), those just
+        before ``before`` or just after ``after`` (bounds excluded). Ascending by id."""
+        ...
+
+    async def get(self, conv: str, message_id: str) -> ChatMessage | None: ...
+
+    async def conversations(self, user: str, limit: int) -> list[ConversationSummary]:
+        """The user's conversations, most recent message first."""
         ...
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from core.errors import ChatError, ErrorCode
-from core.model import ChatMessage
+from core.model import ChatMessage, ConversationSummary
 
 PROTOCOL_VERSION = 1
 
@@ -42,7 +42,27 @@ class Ping(msgspec.Struct, tag="ping", tag_field="type", forbid_unknown_fields=T
     pass
 
 
-ClientFrame = Hello | Send | Ack | Ping
+class GetHistory(msgspec.Struct, tag="history", tag_field="type", forbid_unknown_fields=True):
+    """A page of a conversation (at most one of before/after/around; none: the newest)."""
+
+    ref: str
+    conv: str
+    before: str | None = None
+    after: str | None = None
+    around: str | None = None
+    limit: int = 50
+
+
+class GetConversations(
+    msgspec.Struct, tag="conversations", tag_field="type", forbid_unknown_fields=True
+):
+    """My conversations, most recent first."""
+
+    ref: str
+    limit: int = 500
+
+
+ClientFrame = Hello | Send | Ack | Ping | GetHistory | GetConversations
 
 _client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
 
@@ -107,6 +127,19 @@ class Pong(msgspec.Struct, tag="pong", tag_field="type"):
     pass
 
 
+class HistoryPage(msgspec.Struct, tag="history", tag_field="type"):
+    """Answer to ``history``: messages in id order."""
+
+    ref: str
+    conv: str
+    messages: list[ChatMessage]
+
+
+class Conversations(msgspec.Struct, tag="conversations", tag_field="type"):
+    ref: str
+    conversations: list[ConversationSummary]
+
+
 class MsgFrame(msgspec.Struct, tag="msg", tag_field="type"):
     """An inbox message; ``seq`` is the cursor to resume after it. The server builds it with
     :func:`encode_msg`; clients decode it with :data:`server_frame_decoder`."""
@@ -115,7 +148,9 @@ class MsgFrame(msgspec.Struct, tag="msg", tag_field="type"):
     message: ChatMessage
 
 
-ServerFrame = Welcome | CaughtUp | ResyncNeeded | SentFrame | ErrorFrame | Pong
+ServerFrame = (
+    Welcome | CaughtUp | ResyncNeeded | SentFrame | ErrorFrame | Pong | HistoryPage | Conversations
+)
 server_frame_decoder = msgspec.json.Decoder(ServerFrame | MsgFrame)
 
 _encoder = msgspec.json.Encoder()

@@ -10,29 +10,34 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 import nats
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
 from core.accounts import Accounts
 from core.chat import Chat
+from core.history import History
 from core.ids import MessageIds
 from core.messaging import Messaging
+from core.ports import HistoryStore
 from frontends.http.routes import exception_handlers, route_handlers
 from frontends.ws.handler import WsSettings, ws_handler
 from jetchat.settings import Settings
 from jetstream import streams
+from jetstream.archiver import Archiver
 from jetstream.inbox import JetStreamInbox
 from jetstream.kv import KvCursorStore, KvSendLedger
 from jetstream.revocations import NatsRevocationBus
 from storage.postgres import PostgresAccountStore, migrate, open_pool
+from storage.postgres_history import PostgresHistoryStore
 
 log = logging.getLogger("jetchat")
 
@@ -46,8 +51,12 @@ class SystemClock:
 class Services:
     settings: Settings
     nc: NATS
+    js: JetStreamContext
     pool: AsyncConnectionPool
     chat: Chat
+    history_store: HistoryStore
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    archiver_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -72,13 +81,24 @@ class Services:
         messaging = Messaging(
             accounts, inbox, ledger, MessageIds(clock), settings.max_message_chars
         )
-        chat = Chat(accounts, messaging, inbox, cursors, settings.limits)
+        history_store, closers = await open_history_store(settings, pool)
+        chat = Chat(accounts, messaging, History(history_store), inbox, cursors, settings.limits)
         await revocations.subscribe(chat.device_revoked)
-        return cls(settings, nc, pool, chat)
+        return cls(settings, nc, js, pool, chat, history_store, closers)
+
+    def start_archiver(self) -> None:
+        archiver = Archiver(self.js, self.history_store, self.settings.jetstream)
+        self.archiver_task = asyncio.create_task(archiver.run(), name="archiver")
 
     async def stop(self) -> None:
+        if self.archiver_task is not None:
+            self.archiver_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.archiver_task
         with contextlib.suppress(Exception):
             await self.nc.drain()
+        for close in self.closers:
+            await close()
         await self.pool.close()
 
     async def ready(self) -> dict[str, str]:
@@ -95,6 +115,24 @@ class Services:
         except Exception as exc:
             checks["postgres"] = f"error: {type(exc).__name__}"
         return checks
+
+
+async def open_history_store(
+    settings: Settings, pool: AsyncConnectionPool
+) -> tuple[HistoryStore, list[Callable[[], Awaitable[None]]]]:
+    """Cassandra when contact points are configured, else the Postgres of the accounts."""
+    if not settings.cassandra_hosts:
+        return PostgresHistoryStore(pool), []
+    from storage.cassandra_history import open_cassandra_history
+
+    store = await open_cassandra_history(
+        [h.strip() for h in settings.cassandra_hosts.split(",") if h.strip()],
+        settings.cassandra_port,
+        settings.cassandra_keyspace,
+        settings.cassandra_replication,
+        bucket_ms=settings.history_bucket_s * 1000,
+    )
+    return store, [store.close]
 
 
 @get("/healthz", include_in_schema=False, sync_to_thread=False)
@@ -126,6 +164,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.ws_settings = WsSettings(
             frozenset(o.strip() for o in settings.ws_allowed_origins.split(",") if o.strip())
         )
+        if settings.archiver:
+            services.start_archiver()
         try:
             yield
         finally:

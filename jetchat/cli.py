@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import signal
@@ -71,16 +72,65 @@ def serve(settings: Settings) -> None:
         server.run()
 
 
+async def _archiver_lag(settings: Settings) -> None:
+    import nats
+
+    from jetstream.archiver import archiver_lag
+
+    nc = await nats.connect(settings.nats_url.split(","), connect_timeout=5)
+    try:
+        lag = await archiver_lag(nc.jetstream(), settings.jetstream)
+    finally:
+        await nc.close()
+    print(msgspec.json.encode({**msgspec.structs.asdict(lag), "total": lag.total}).decode())
+
+
+async def _run_archiver(settings: Settings) -> None:
+    from jetchat.app import Services
+
+    services = await Services.start(settings)
+    services.start_archiver()
+    assert services.archiver_task is not None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("archiver running")
+    try:
+        await asyncio.wait(
+            [services.archiver_task, asyncio.create_task(stop.wait())],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        await services.stop()
+
+
+def _need_servers(settings: Settings, command: str) -> None:
+    if not settings.nats_url or not settings.postgres_dsn:
+        raise SystemExit(
+            f"jetchat {command} works on a running deployment: "
+            "set JETCHAT_NATS_URL and JETCHAT_POSTGRES_DSN"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="jetchat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the server (configuration: JETCHAT_* variables)")
     sub.add_parser("config", help="print the effective configuration and exit")
+    sub.add_parser("archiver", help="run only the history archiver (no HTTP)")
+    sub.add_parser("archiver-lag", help="print how many inbox messages are not yet archived")
     args = parser.parse_args(argv)
     settings = from_env()
     logs.configure(settings.log_level, settings.log_json)
     if args.command == "serve":
         serve(settings)
+    elif args.command == "archiver":
+        _need_servers(settings, "archiver")
+        asyncio.run(_run_archiver(settings))
+    elif args.command == "archiver-lag":
+        _need_servers(settings, "archiver-lag")
+        asyncio.run(_archiver_lag(settings))
     elif args.command == "config":
         print(msgspec.json.format(msgspec.json.encode(settings.public()).decode()))
 

@@ -25,10 +25,13 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from core.history import FIRST_ID, MAX_PAGE
 from core.model import ChatMessage, Sent
 from core.protocol import (
     CaughtUp,
+    Conversations,
     ErrorFrame,
+    HistoryPage,
     MsgFrame,
     ResyncNeeded,
     SentFrame,
@@ -36,6 +39,9 @@ from core.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+HISTORY_OVERLAP_MS = 60_000
+"""How far before the newest message it has a client refetches history after a resync."""
 
 
 class Login(msgspec.Struct, frozen=True):
@@ -54,7 +60,7 @@ class ApiError(Exception):
 
 
 class Delivery(msgspec.Struct, frozen=True):
-    seq: int
+    seq: int  # the inbox sequence; 0 for a message fetched from history
     message: ChatMessage
 
 
@@ -100,6 +106,7 @@ class ChatClient:
         cursor: int | None = None,
         auto_ack: bool = True,
         reconnect: bool = True,
+        catch_up_from_history: bool = True,
         max_size: int = 1 << 20,
     ) -> None:
         self.base_url = base_url
@@ -108,6 +115,7 @@ class ChatClient:
         self.cursor = cursor
         self.auto_ack = auto_ack
         self.reconnect = reconnect
+        self.catch_up_from_history = catch_up_from_history
         self.max_size = max_size
         self.caught_up = asyncio.Event()
         self.connected = asyncio.Event()
@@ -118,6 +126,7 @@ class ChatClient:
         self._inbox: asyncio.Queue[Delivery] = asyncio.Queue()
         self._seen: set[str] = set()
         self._pending: dict[str, tuple[bytes, asyncio.Future[Sent]]] = {}
+        self._requests: dict[str, asyncio.Future[object]] = {}
         self._ws: ClientConnection | None = None
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
@@ -160,6 +169,36 @@ class ChatClient:
         finally:
             if future.done():
                 self._pending.pop(client_id, None)
+
+    async def history(
+        self,
+        conv: str,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        around: str | None = None,
+        limit: int = 50,
+        timeout: float = 10,
+    ) -> list[ChatMessage]:
+        """A page of history over the WebSocket (raises ApiError, e.g. ``forbidden``)."""
+        frame = {"type": "history", "conv": conv, "limit": limit}
+        for key, value in (("before", before), ("after", after), ("around", around)):
+            if value is not None:
+                frame[key] = value
+        answer = await self._request(frame, timeout)
+        assert isinstance(answer, HistoryPage)
+        return answer.messages
+
+    async def _request(self, frame: dict[str, Any], timeout: float) -> object:
+        ref = f"r{next(self._ids)}"
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._requests[ref] = future
+        try:
+            assert self._ws is not None, "not connected"
+            await self._ws.send(_encode({**frame, "ref": ref}).decode())
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._requests.pop(ref, None)
 
     async def send_raw(self, frame: str | bytes) -> None:
         """Send any frame as is (for tests of bad input)."""
@@ -241,10 +280,17 @@ class ChatClient:
                     entry[1].set_result(Sent(frame.client_id, frame.id, frame.conv, frame.ts))
             elif isinstance(frame, ErrorFrame):
                 entry = self._pending.pop(frame.ref, None) if frame.ref else None
+                request = self._requests.get(frame.ref) if frame.ref else None
                 if entry and not entry[1].done():
                     entry[1].set_exception(ApiError(0, frame.code, frame.message))
+                elif request and not request.done():
+                    request.set_exception(ApiError(0, frame.code, frame.message))
                 else:
                     self.errors.append(frame)
+            elif isinstance(frame, HistoryPage | Conversations):
+                request = self._requests.get(frame.ref)
+                if request and not request.done():
+                    request.set_result(frame)
             elif isinstance(frame, CaughtUp):
                 self.cursor = max(self.cursor or 0, frame.seq)
                 if self.auto_ack and pending_ack:
@@ -253,6 +299,38 @@ class ChatClient:
                 self.caught_up.set()
             elif isinstance(frame, ResyncNeeded):
                 self.resync_needed = frame
+                if self.catch_up_from_history:
+                    await self._catch_up_from_history()
+                    # the inbox still holds everything from first_seq on: replay all of it
+                    self.cursor = max(frame.first_seq - 1, 0)
+                    await ws.send(_encode({"type": "hello", "cursor": self.cursor}).decode())
+
+    async def _catch_up_from_history(self) -> None:
+        """What the inbox no longer holds, from history: for each of my conversations, every
+        message after the newest one I have (less a margin: a message can reach an inbox up to
+        a few seconds after a newer one got its id), de-duplicated as usual."""
+        convs = await _call(self.base_url, "GET", "/v1/conversations", self.token)
+        for summary in convs:
+            conv = summary["conv"]
+            known = self.conversations.get(conv)
+            after = (
+                f"{max(known[-1].ts - HISTORY_OVERLAP_MS, 0):012x}" + "0" * 12
+                if known
+                else FIRST_ID
+            )
+            while True:
+                page = await _call(
+                    self.base_url,
+                    "GET",
+                    f"/v1/conversations/{conv}/messages?after={after}&limit={MAX_PAGE}",
+                    self.token,
+                )
+                messages = msgspec.convert(page["messages"], list[ChatMessage])
+                for message in messages:
+                    self._deliver(Delivery(0, message))
+                if len(messages) < MAX_PAGE:
+                    break
+                after = messages[-1].id
 
     def _deliver(self, delivery: Delivery) -> None:
         msg = delivery.message

@@ -62,6 +62,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sends_ttl_s: float = DAY_S
     publish_timeout_s: float = 5.0
 
+    # history
+    archiver: bool = True
+    """Run a history archiver in this process (any number may run; they share the work)."""
+    cassandra_hosts: str = ""
+    """Cassandra contact points, comma-separated. Empty: history goes to Postgres (the same
+    database as accounts), through the same history-store contract."""
+    cassandra_port: int = 9042
+    cassandra_keyspace: str = "jetchat"
+    cassandra_replication: str = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    """Used when the keyspace is created; on a cluster, e.g.
+    ``{'class': 'NetworkTopologyStrategy', 'dc1': 3}``."""
+    history_bucket_s: int = 10 * DAY_S
+    """Cassandra partitions a conversation by this much time, which bounds a partition's size
+    for the busiest conversation. Fixed once history exists (it decides where rows live)."""
+
     shutdown_grace_s: float = 5.0
     """On SIGTERM/Ctrl-C: connections are closed with 1001 (clients reconnect elsewhere) and
     requests in flight get this long to finish."""

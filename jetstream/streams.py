@@ -9,6 +9,9 @@ Operators see these with the ``nats`` CLI (docs/operations.md):
   receive live messages and detect a gap.
 - KV bucket ``chat_sends``: ``<user>.<sha256(client id)>`` -> the original send result.
 - KV bucket ``chat_cursors``: ``<user>.<device>`` -> the device's acked inbox sequence.
+- durable consumer ``archiver`` on ``CHAT_INBOX``: the history archiver's position. Every
+  archiver process pulls from it, so they share the work; a message is acknowledged only after
+  the history store has it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from __future__ import annotations
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     RePublish,
@@ -45,6 +51,10 @@ class JetStreamSettings(msgspec.Struct, frozen=True):
     publish_timeout_s: float = 5.0
     """Longest wait for JetStream to acknowledge a write before the send fails (retryable)."""
     read_timeout_s: float = 5.0
+    archiver_consumer: str = "archiver"
+    archiver_ack_wait_s: float = 30.0
+    """A batch not acknowledged in this time (its archiver died) is delivered again."""
+    archiver_max_ack_pending: int = 20_000
 
 
 def inbox_stream_config(s: JetStreamSettings) -> StreamConfig:
@@ -62,6 +72,19 @@ def inbox_stream_config(s: JetStreamSettings) -> StreamConfig:
     )
 
 
+def archiver_consumer_config(s: JetStreamSettings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=s.archiver_consumer,
+        description="jetchat history archiver (shared by every archiver process)",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=s.archiver_ack_wait_s,
+        max_ack_pending=s.archiver_max_ack_pending,
+        filter_subject=f"{s.inbox_subject}.*",
+        max_deliver=-1,
+    )
+
+
 async def ensure(js: JetStreamContext, s: JetStreamSettings) -> None:
     """Create or update the stream and buckets; safe to run from many processes at once."""
     config = inbox_stream_config(s)
@@ -69,6 +92,7 @@ async def ensure(js: JetStreamContext, s: JetStreamSettings) -> None:
         await js.add_stream(config)
     except BadRequestError:  # exists with another config: bring it to ours
         await js.update_stream(config)
+    await js.add_consumer(s.inbox_stream, archiver_consumer_config(s))
     for bucket, ttl in (
         (s.sends_bucket, s.sends_ttl_s),
         (s.cursors_bucket, s.inbox_retention_s + DAY_S),

@@ -15,7 +15,10 @@ from jetchat.embedded import free_port
 
 
 class JetchatProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str], port: int = 0) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str], port: int = 0, command: str = "serve"
+    ) -> None:
+        self.command = command
         self.data_dir = data_dir
         self.port = port or free_port()
         self.env = {
@@ -42,7 +45,7 @@ class JetchatProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jetchat.cli", "serve"],
+            [sys.executable, "-m", "jetchat.cli", self.command],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -52,6 +55,11 @@ class JetchatProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"jetchat exited: {self.log_tail()}")
+            if self.command == "archiver":
+                if "archiver running" in self.log_tail():
+                    return self
+                time.sleep(0.05)
+                continue
             try:
                 if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
                     return self

@@ -11,8 +11,9 @@ from litestar.exceptions import HTTPException
 from core.accounts import DeviceInfo, Login, Profile
 from core.chat import Chat
 from core.errors import ChatError, ErrorCode
+from core.history import MAX_CONVERSATIONS, MAX_PAGE
 from core.messaging import SendRequest
-from core.model import Device, Sent
+from core.model import ChatMessage, ConversationSummary, Device, Sent
 from frontends.auth import bearer_token
 from frontends.errors import error_body
 
@@ -115,6 +116,50 @@ class MessagesController(Controller):
         return await chat.messaging.send(device.user_id, device.id, request)
 
 
+class HistoryPageBody(msgspec.Struct, frozen=True):
+    conv: str
+    messages: list[ChatMessage]
+
+
+class ConversationsController(Controller):
+    path = "/v1/conversations"
+    tags = ["history"]  # noqa: RUF012
+    dependencies = {  # noqa: RUF012
+        "chat": Provide(provide_chat, sync_to_thread=False),
+        "device": Provide(provide_device),
+    }
+
+    @get("/", summary="My conversations, most recent first")
+    async def conversations(
+        self, chat: Chat, device: Device, limit: int = MAX_CONVERSATIONS
+    ) -> list[ConversationSummary]:
+        return await chat.history.conversations(device.user_id, limit)
+
+    @get(
+        "/{conv:str}/messages",
+        summary="A page of a conversation's history",
+        description=(
+            f"At most one of before, after, around (message ids); none gives the newest "
+            f"messages. limit is capped at {MAX_PAGE}. Messages come in id order, which is the "
+            "conversation's order. Members only."
+        ),
+    )
+    async def messages(
+        self,
+        chat: Chat,
+        device: Device,
+        conv: str,
+        before: str | None = None,
+        after: str | None = None,
+        around: str | None = None,
+        limit: int = 50,
+    ) -> HistoryPageBody:
+        messages = await chat.history.page(
+            device.user_id, conv, before=before, after=after, around=around, limit=limit
+        )
+        return HistoryPageBody(conv, messages)
+
+
 def chat_error_handler(_: Request[object, object, State], exc: ChatError) -> Response[bytes]:
     status, body = error_body(exc)
     return Response(body, status_code=status, media_type="application/json")
@@ -134,5 +179,5 @@ def http_error_handler(
     return Response(body, status_code=exc.status_code, media_type="application/json")
 
 
-route_handlers = [AccountsController, MessagesController]
+route_handlers = [AccountsController, MessagesController, ConversationsController]
 exception_handlers = {ChatError: chat_error_handler, HTTPException: http_error_handler}

@@ -26,14 +26,15 @@ def spawn(nats_url: str, pg_dsn: str, tmp_path: Path) -> Iterator[Spawn]:
     started: list[JetchatProcess] = []
     numbers = itertools.count()
 
-    def start(port: int = 0, **env: str) -> JetchatProcess:
+    def start(port: int = 0, command: str = "serve", **env: str) -> JetchatProcess:
         full_env = {
             **TEST_ENV,
             "JETCHAT_NATS_URL": nats_url,
             "JETCHAT_POSTGRES_DSN": pg_dsn,
             **{f"JETCHAT_{k.upper()}": v for k, v in env.items()},
         }
-        proc = JetchatProcess(tmp_path / f"p{next(numbers)}", full_env, port=port).start()
+        data = tmp_path / f"p{next(numbers)}"
+        proc = JetchatProcess(data, full_env, port=port, command=command).start()
         started.append(proc)
         return proc
 

@@ -1,0 +1,115 @@
+"""History in Postgres (implements core.ports.HistoryStore) for the embedded default.
+
+One table, primary key ``(conv, id)``: a conversation's messages sit together in the index in id
+order, so every page is one index range scan. Writes are ``ON CONFLICT DO NOTHING``: a replayed
+batch changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from core.model import ChatMessage, ConversationSummary, conversation_members
+from storage.postgres import Pool
+
+_COLUMNS = "conv, id, sender, sender_device, recipient, body, ts, client_id"
+
+
+def _message(row: tuple[object, ...]) -> ChatMessage:
+    conv, id_, sender, device, to, text, ts, client_id = row
+    return ChatMessage(
+        id=str(id_),
+        conv=str(conv),
+        sender=str(sender),
+        sender_device=str(device),
+        to=str(to),
+        text=str(text),
+        ts=int(ts),  # type: ignore[call-overload]
+        client_id=str(client_id),
+    )
+
+
+class PostgresHistoryStore:
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def write(self, messages: Sequence[ChatMessage]) -> None:
+        if not messages:
+            return
+        latest: dict[tuple[str, str], ChatMessage] = {}
+        for m in messages:
+            for user in conversation_members(m.conv):
+                key = (user, m.conv)
+                if key not in latest or latest[key].id < m.id:
+                    latest[key] = m
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO messages ({_COLUMNS}) "  # noqa: S608 - constant column list
+                "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+                " %s::text[], %s::text[], %s::bigint[], %s::text[]) "
+                "ON CONFLICT (conv, id) DO NOTHING",
+                (
+                    [m.conv for m in messages],
+                    [m.id for m in messages],
+                    [m.sender for m in messages],
+                    [m.sender_device for m in messages],
+                    [m.to for m in messages],
+                    [m.text for m in messages],
+                    [m.ts for m in messages],
+                    [m.client_id for m in messages],
+                ),
+            )
+            await conn.execute(
+                "INSERT INTO conversations_by_user AS c (user_id, conv, last_id, last_ts) "
+                "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]) "
+                "ON CONFLICT (user_id, conv) DO UPDATE "
+                "SET last_id = excluded.last_id, last_ts = excluded.last_ts "
+                "WHERE c.last_id < excluded.last_id",
+                (
+                    [user for user, _ in latest],
+                    [conv for _, conv in latest],
+                    [m.id for m in latest.values()],
+                    [m.ts for m in latest.values()],
+                ),
+            )
+
+    async def page(
+        self,
+        conv: str,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        limit: int,
+    ) -> list[ChatMessage]:
+        select = f"SELECT {_COLUMNS} FROM messages WHERE conv = %s"  # noqa: S608
+        async with self._pool.connection() as conn:
+            if after is not None:
+                cur = await conn.execute(
+                    f"{select} AND id > %s ORDER BY id ASC LIMIT %s", (conv, after, limit)
+                )
+                return [_message(r) for r in await cur.fetchall()]
+            if before is not None:
+                cur = await conn.execute(
+                    f"{select} AND id < %s ORDER BY id DESC LIMIT %s", (conv, before, limit)
+                )
+            else:
+                cur = await conn.execute(f"{select} ORDER BY id DESC LIMIT %s", (conv, limit))
+            return [_message(r) for r in reversed(await cur.fetchall())]
+
+    async def get(self, conv: str, message_id: str) -> ChatMessage | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE conv = %s AND id = %s",  # noqa: S608
+                (conv, message_id),
+            )
+            row = await cur.fetchone()
+        return _message(row) if row else None
+
+    async def conversations(self, user: str, limit: int) -> list[ConversationSummary]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT conv, last_id, last_ts FROM conversations_by_user "
+                "WHERE user_id = %s ORDER BY last_id DESC LIMIT %s",
+                (user, limit),
+            )
+            return [ConversationSummary(c, i, t) for c, i, t in await cur.fetchall()]

@@ -1,0 +1,141 @@
+"""History end to end: the archiver under SIGKILL, the history API, catch-up after retention."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import msgspec
+import nats
+import psycopg
+import pytest
+from helpers import device, new_user
+
+from core.model import ChatMessage, dm_conversation
+from jetchat.client import ApiError, ChatClient, send_http
+
+
+async def archived_count(pg_dsn: str) -> int:
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        cur = await conn.execute("SELECT count(*), count(DISTINCT id) FROM messages")
+        total, distinct = await cur.fetchone()
+    assert total == distinct
+    return int(total)
+
+
+@pytest.mark.chaos
+async def test_archiver_killed_mid_way_leaves_each_message_once(spawn, nats_url, pg_dsn):
+    spawn(archiver="false")  # creates the stream, buckets, consumer and tables
+    n = 20_000
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    encode = msgspec.json.Encoder().encode
+    for start in range(0, n, 1000):
+        futures = []
+        for i in range(start, start + 1000):
+            sender, to = f"user{i % 7}", f"user{(i % 7) + 1}"
+            m = ChatMessage(
+                id=f"{1_790_000_000_000 + i:012x}0000abcdef01",
+                conv=dm_conversation(sender, to),
+                sender=sender,
+                sender_device="d",
+                to=to,
+                text=f"message {i}",
+                ts=1_790_000_000_000 + i,
+                client_id=f"c{i}",
+            )
+            data = encode(m)
+            futures.append(await js.publish_async(f"chat.inbox.{to}", data))
+            futures.append(await js.publish_async(f"chat.inbox.{sender}", data))
+        await asyncio.gather(*futures)
+    await nc.close()
+
+    archiver = spawn(command="archiver")
+    async with asyncio.timeout(60):
+        while await archived_count(pg_dsn) < 3_000:
+            await asyncio.sleep(0.02)
+    archiver.kill()
+    assert await archived_count(pg_dsn) < n, "killed too late to test anything"
+    spawn(command="archiver", archiver_ack_wait_s="2")
+    async with asyncio.timeout(120):
+        while await archived_count(pg_dsn) < n:
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(1)
+    assert await archived_count(pg_dsn) == n
+
+
+async def test_history_api_for_members_only(server):
+    url = server.base_url
+    alice, bob, eve = [await new_user(url, n) for n in ("alice", "bob", "eve")]
+    alice_token, eve_token = await device(url, alice), await device(url, eve)
+    sent = [await send_http(url, alice_token, bob, f"m{i}", f"c{i}") for i in range(30)]
+    conv = dm_conversation(alice, bob)
+    auth = {"authorization": f"Bearer {alice_token}"}
+    async with httpx.AsyncClient(base_url=url) as http:
+        async with asyncio.timeout(10):
+            while (
+                len(
+                    (await http.get(f"/v1/conversations/{conv}/messages", headers=auth)).json()[
+                        "messages"
+                    ]
+                )
+                < 30
+            ):
+                await asyncio.sleep(0.05)
+        page = (
+            await http.get(
+                f"/v1/conversations/{conv}/messages?limit=10&before={sent[20].id}", headers=auth
+            )
+        ).json()
+        assert [m["id"] for m in page["messages"]] == [s.id for s in sent[10:20]]
+        page = (
+            await http.get(
+                f"/v1/conversations/{conv}/messages?limit=5&around={sent[15].id}", headers=auth
+            )
+        ).json()
+        assert [m["text"] for m in page["messages"]] == ["m13", "m14", "m15", "m16", "m17"]
+        convs = (await http.get("/v1/conversations", headers=auth)).json()
+        assert convs == [{"conv": conv, "last_id": sent[-1].id, "last_ts": sent[-1].ts}]
+        resp = await http.get(
+            f"/v1/conversations/{conv}/messages", headers={"authorization": f"Bearer {eve_token}"}
+        )
+        assert resp.status_code == 403 and resp.json()["code"] == "forbidden"
+        resp = await http.get(f"/v1/conversations/{conv}/messages?before=nope", headers=auth)
+        assert resp.status_code == 422
+    # the same over WebSocket
+    async with ChatClient(url, alice_token, cursor=0) as a:
+        page = await a.history(conv, after=sent[27].id)
+        assert [m.text for m in page] == ["m28", "m29"]
+        assert [m.text for m in await a.history(conv, around=sent[1].id, limit=3)] == [
+            "m0",
+            "m1",
+            "m2",
+        ]
+        with pytest.raises(ApiError) as info:
+            await a.history(dm_conversation(bob, eve))
+        assert info.value.code == "forbidden"
+
+
+async def test_device_older_than_the_inbox_retention_catches_up_from_history(spawn):
+    server = spawn(inbox_retention_s="2")
+    url = server.base_url
+    alice, bob = await new_user(url, "alice"), await new_user(url, "bob")
+    bob_token = await device(url, bob)
+    async with ChatClient(url, await device(url, alice), cursor=0) as a:
+        first = await a.send(bob, "before bob left")
+        b = ChatClient(url, bob_token, cursor=0)
+        await b.connect()
+        assert (await b.next_message()).message.id == first.id
+        await b.close()  # Bob keeps his cursor and his copy of the conversation
+        away = [(await a.send(bob, f"while away {i}")).id for i in range(40)]
+        await asyncio.sleep(3)  # the inbox forgets them; history has them
+        away.append((await a.send(bob, "just now")).id)
+    b.reconnect, b._closing = True, False
+    await b.connect()
+    async with asyncio.timeout(15):
+        while len(b._seen) < 42:
+            await b.next_message()
+    assert b.resync_needed is not None
+    conv = b.conversation(dm_conversation(alice, bob))
+    assert [m.id for m in conv] == [first.id, *away]
+    await b.close()
