@@ -105,11 +105,11 @@ async def _run_archiver(settings: Settings) -> None:
         await services.stop()
 
 
-def _need_servers(settings: Settings, command: str) -> None:
-    if not settings.nats_url or not settings.postgres_dsn:
+def _need_servers(settings: Settings, command: str, *names: str) -> None:
+    missing = [f"JETCHAT_{n.upper()}" for n in names if not getattr(settings, n)]
+    if missing:
         raise SystemExit(
-            f"jetchat {command} works on a running deployment: "
-            "set JETCHAT_NATS_URL and JETCHAT_POSTGRES_DSN"
+            f"jetchat {command} works on a running deployment: set {' and '.join(missing)}"
         )
 
 
@@ -126,10 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         serve(settings)
     elif args.command == "archiver":
-        _need_servers(settings, "archiver")
+        _need_servers(settings, "archiver", "nats_url", "postgres_dsn")
         asyncio.run(_run_archiver(settings))
     elif args.command == "archiver-lag":
-        _need_servers(settings, "archiver-lag")
+        _need_servers(settings, "archiver-lag", "nats_url")
         asyncio.run(_archiver_lag(settings))
     elif args.command == "config":
         print(msgspec.json.format(msgspec.json.encode(settings.public()).decode()))

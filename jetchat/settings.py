@@ -65,6 +65,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # history
     archiver: bool = True
     """Run a history archiver in this process (any number may run; they share the work)."""
+    archiver_ack_wait_s: float = 30.0
+    """A batch an archiver took but did not acknowledge in this time (it died) goes to
+    another archiver."""
     cassandra_hosts: str = ""
     """Cassandra contact points, comma-separated. Empty: history goes to Postgres (the same
     database as accounts), through the same history-store contract."""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 
 import httpx
 import msgspec
@@ -25,7 +29,8 @@ async def archived_count(pg_dsn: str) -> int:
 
 @pytest.mark.chaos
 async def test_archiver_killed_mid_way_leaves_each_message_once(spawn, nats_url, pg_dsn):
-    spawn(archiver="false")  # creates the stream, buckets, consumer and tables
+    # creates the stream, buckets, consumer (a killed batch comes back after 2 s) and tables
+    spawn(archiver="false", archiver_ack_wait_s="2")
     n = 20_000
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
@@ -50,7 +55,7 @@ async def test_archiver_killed_mid_way_leaves_each_message_once(spawn, nats_url,
         await asyncio.gather(*futures)
     await nc.close()
 
-    archiver = spawn(command="archiver")
+    archiver = spawn(command="archiver", archiver_ack_wait_s="2")
     async with asyncio.timeout(60):
         while await archived_count(pg_dsn) < 3_000:
             await asyncio.sleep(0.02)
@@ -139,3 +144,28 @@ async def test_device_older_than_the_inbox_retention_catches_up_from_history(spa
     conv = b.conversation(dm_conversation(alice, bob))
     assert [m.id for m in conv] == [first.id, *away]
     await b.close()
+
+
+async def test_archiver_lag_command_and_metric(server, nats_url):
+    url = server.base_url
+    alice = await new_user(url, "alice")
+    await send_http(url, await device(url, alice), alice, "note to self", "n1")
+    env = {**os.environ, "JETCHAT_NATS_URL": nats_url}
+    async with asyncio.timeout(10):
+        while True:
+            out = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "jetchat.cli", "archiver-lag"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            lag = json.loads(out.stdout)
+            if lag["total"] == 0 and lag["archived_up_to"] == 1:
+                break
+            await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(base_url=url) as http:
+        metrics = (await http.get("/metrics")).text
+    assert "jetchat_archived_messages_total 1.0" in metrics
+    assert "jetchat_archiver_lag_messages" in metrics
