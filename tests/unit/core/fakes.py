@@ -1,0 +1,191 @@
+"""In-memory stand-ins for the core's ports (unit tests only; every adapter is also tested
+against its real server)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import msgspec
+
+from core.accounts import Accounts
+from core.chat import Chat, Limits
+from core.history import History
+from core.ids import MessageIds
+from core.messaging import Messaging
+from core.model import ChatMessage, ConversationSummary, Device, SendRecord, User
+from core.ports import InboxEntry
+
+
+class FakeClock:
+    def __init__(self, now: int = 1_790_000_000_000) -> None:
+        self.now = now
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+class MemoryAccounts:
+    def __init__(self) -> None:
+        self.users: dict[str, User] = {}
+        self.devices: dict[str, Device] = {}
+
+    async def create_user(self, user: User) -> bool:
+        return self.users.setdefault(user.id, user) is user
+
+    async def get_user(self, user_id: str) -> User | None:
+        return self.users.get(user_id)
+
+    async def add_device(self, device: Device) -> None:
+        self.devices[device.id] = device
+
+    async def device_by_token_hash(self, token_hash: bytes) -> Device | None:
+        return next((d for d in self.devices.values() if d.token_hash == token_hash), None)
+
+    async def list_devices(self, user_id: str) -> list[Device]:
+        return [d for d in self.devices.values() if d.user_id == user_id and not d.revoked_at]
+
+    async def revoke_device(self, user_id: str, device_id: str, at_ms: int) -> bool:
+        d = self.devices.get(device_id)
+        if d is None or d.user_id != user_id or d.revoked_at:
+            return False
+        self.devices[device_id] = msgspec.structs.replace(d, revoked_at=at_ms)
+        return True
+
+    async def ping(self) -> None:
+        pass
+
+
+class MemoryInbox:
+    """One stream: a global sequence, a subject per user, duplicate keys remembered forever."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, str, bytes]] = []
+        self.keys: set[str] = set()
+        self.watchers: dict[str, list[Callable[[InboxEntry], None]]] = {}
+        self.fail_next_append = False
+
+    async def append(self, copies: Sequence[tuple[str, str, bytes]]) -> None:
+        if self.fail_next_append:
+            self.fail_next_append = False
+            raise TimeoutError("jetstream down")
+        for user, key, data in copies:
+            if key in self.keys:
+                continue
+            self.keys.add(key)
+            prev = max((s for s, u, _ in self.entries if u == user), default=0)
+            seq = len(self.entries) + 1
+            self.entries.append((seq, user, data))
+            for cb in self.watchers.get(user, []):
+                cb(InboxEntry(seq, prev, data))
+
+    async def read(self, user: str, after_seq: int, limit: int) -> list[InboxEntry]:
+        mine = [(s, d) for s, u, d in self.entries if u == user and s > after_seq][:limit]
+        out, prev = [], after_seq
+        for s, d in mine:
+            out.append(InboxEntry(s, prev, d))
+            prev = s
+        return out
+
+    async def bounds(self) -> tuple[int, int]:
+        return (1, len(self.entries)) if self.entries else (0, 0)
+
+    async def watch(
+        self, user: str, on_entry: Callable[[InboxEntry], None]
+    ) -> Callable[[], Awaitable[None]]:
+        self.watchers.setdefault(user, []).append(on_entry)
+
+        async def stop() -> None:
+            self.watchers[user].remove(on_entry)
+
+        return stop
+
+    def count(self, user: str) -> int:
+        return sum(1 for _, u, _ in self.entries if u == user)
+
+
+class MemoryLedger:
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], SendRecord] = {}
+
+    async def claim(self, sender: str, client_id: str, record: SendRecord) -> SendRecord | None:
+        existing = self.records.setdefault((sender, client_id), record)
+        return None if existing is record else existing
+
+    async def complete(self, sender: str, client_id: str, record: SendRecord) -> None:
+        self.records[(sender, client_id)] = record
+
+
+class MemoryCursors:
+    def __init__(self) -> None:
+        self.positions: dict[tuple[str, str], int] = {}
+
+    async def get(self, user: str, device: str) -> int | None:
+        return self.positions.get((user, device))
+
+    async def put(self, user: str, device: str, seq: int) -> None:
+        self.positions[(user, device)] = seq
+
+
+class MemoryHistory:
+    def __init__(self) -> None:
+        self.messages: dict[tuple[str, str], ChatMessage] = {}
+
+    async def write(self, messages: Sequence[ChatMessage]) -> None:
+        for m in messages:
+            self.messages[(m.conv, m.id)] = m
+
+    async def page(
+        self, conv: str, *, before: str | None = None, after: str | None = None, limit: int
+    ) -> list[ChatMessage]:
+        ids = sorted(i for c, i in self.messages if c == conv)
+        if after is not None:
+            ids = [i for i in ids if i > after][:limit]
+        else:
+            ids = [i for i in ids if before is None or i < before][-limit:]
+        return [self.messages[(conv, i)] for i in ids]
+
+    async def get(self, conv: str, message_id: str) -> ChatMessage | None:
+        return self.messages.get((conv, message_id))
+
+    async def conversations(self, user: str, limit: int) -> list[ConversationSummary]:
+        return []
+
+
+class NoRevocations:
+    async def publish(self, device_id: str) -> None:
+        pass
+
+    async def subscribe(self, on_revoked: Callable[[str], None]) -> None:
+        pass
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.frames: asyncio.Queue[str] = asyncio.Queue()
+        self.closed: tuple[int, str] | None = None
+
+    async def send(self, frame: str) -> None:
+        await self.frames.put(frame)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def abort(self) -> None:
+        self.closed = (1006, "aborted")
+
+
+def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAccounts]:
+    clock = FakeClock()
+    accounts_store, inbox = MemoryAccounts(), MemoryInbox()
+    accounts = Accounts(accounts_store, clock, 3600, NoRevocations())
+    messaging = Messaging(accounts, inbox, MemoryLedger(), MessageIds(clock), 100_000)
+    chat = Chat(
+        accounts,
+        messaging,
+        History(MemoryHistory()),
+        inbox,
+        MemoryCursors(),
+        limits or Limits(),
+    )
+    return chat, inbox, accounts_store

@@ -1,0 +1,67 @@
+"""The connection driver against in-memory ports and a fake transport."""
+
+import asyncio
+
+import msgspec
+from fakes import FakeTransport, make_chat
+
+from core.chat import Limits
+from core.connection import Connection
+from core.messaging import SendRequest
+from core.model import Device, User
+
+
+def device(user: str) -> Device:
+    return Device(f"{user}-dev", user, "phone", b"", 0, 2**62)
+
+
+async def frames(t: FakeTransport, n: int) -> list[dict]:
+    return [msgspec.json.decode(await asyncio.wait_for(t.frames.get(), 2)) for _ in range(n)]
+
+
+async def test_replay_caught_up_then_live_and_errors_keep_the_connection():
+    chat, _, accounts = make_chat(Limits(replay_batch=2, cursor_flush_s=0.01))
+    for n in ("alice", "bob"):
+        await accounts.create_user(User(n, n, "x", 0))
+    sent = [
+        await chat.messaging.send("alice", "a", SendRequest(f"c{i}", "bob", f"m{i}"))
+        for i in range(5)
+    ]
+    t = FakeTransport()
+    conn = Connection(chat, device("bob"), t)
+    await conn.open()
+    assert (await frames(t, 1))[0]["type"] == "welcome"
+    await conn.receive('{"type":"hello","cursor":0}')
+    replay = await frames(t, 6)
+    assert [f["message"]["id"] for f in replay[:5]] == [s.id for s in sent]
+    assert replay[5] == {"type": "caught_up", "seq": replay[4]["seq"]}
+    live = await chat.messaging.send("alice", "a", SendRequest("c9", "bob", "live"))
+    assert (await frames(t, 1))[0]["message"]["id"] == live.id
+    await conn.receive("{oops")
+    await conn.receive(b"\x00")
+    await conn.receive('{"type":"ping"}')
+    assert [f.get("code", f["type"]) for f in await frames(t, 3)] == [
+        "malformed",
+        "not_text",
+        "pong",
+    ]
+    await conn.receive(f'{{"type":"ack","seq":{replay[4]["seq"]}}}')
+    await conn.aclose()
+    assert await chat.cursors.get("bob", "bob-dev") == replay[4]["seq"]
+    assert t.closed is None
+
+
+async def test_a_cursor_beyond_the_inbox_gets_resync_needed():
+    chat, _, accounts = make_chat()
+    await accounts.create_user(User("bob", "bob", "x", 0))
+    t = FakeTransport()
+    conn = Connection(chat, device("bob"), t)
+    await conn.open()
+    await conn.receive('{"type":"hello","cursor":99}')
+    assert (await frames(t, 2))[1] == {
+        "type": "resync_needed",
+        "cursor": 99,
+        "first_seq": 0,
+        "last_seq": 0,
+    }
+    await conn.aclose()
