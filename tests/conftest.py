@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import psycopg
 import pytest
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.query import tuple_factory
 from servers import TEMPLATE_DB, create_database, drop_database, reset_jetstream, scratch_dir
 
+from jetchat.cassandra_node import CassandraNode, fetch, jars_present
 from jetchat.embedded import EmbeddedPostgres, NatsServer
+from storage import cassandra_history
 from storage.postgres import migrate, open_pool
 
 # ---------------------------------------------------------------------------------------------
@@ -94,3 +99,76 @@ async def pg_blank_dsn(postgres_server: EmbeddedPostgres) -> AsyncIterator[str]:
 
 
 # ------------------------------------ end of real servers -----------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# Cassandra (jetchat.cassandra_node, storage.cassandra_history): cassandra_node,
+# cassandra_history_factory. One real Cassandra 5.0 node per test session, started only when a
+# test asks for it (6-10 s; fetching its jars on a clean machine takes about 45 s more), its
+# data on the RAM disk; each test gets fresh keyspaces, dropped after it.
+# ---------------------------------------------------------------------------------------------
+
+MakeCassandraHistory = Callable[[int], Awaitable[cassandra_history.CassandraHistoryStore]]
+
+
+@pytest.fixture(scope="session")
+def cassandra_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CassandraNode]:
+    """A real Cassandra node shared by the session (``.host``, ``.port`` for CQL)."""
+    if not jars_present():
+        fetch()  # ops/test fetches first; this covers a bare `pytest` on a clean machine
+    with scratch_dir(tmp_path_factory.mktemp("cassandra")) as base:
+        # unsafe_system: no fsync of schema tables, so each test's CREATE/DROP KEYSPACE is
+        # faster (0.29 s instead of 0.40 s on tmpfs, 0.64 s on disk). die_with_parent: a
+        # killed pytest leaves no JVM behind.
+        node = CassandraNode(base / "node", unsafe_system=True, die_with_parent=True).start()
+        try:
+            yield node
+        finally:
+            node.stop()
+
+
+@pytest.fixture(scope="session")
+def cassandra_session(cassandra_node: CassandraNode) -> Iterator[Session]:
+    """A driver session on the session's node, shared by the tests (connecting costs ~0.3 s)."""
+    profile = ExecutionProfile(row_factory=tuple_factory, request_timeout=30.0)
+    cluster = Cluster(
+        cassandra_node.contact_points,
+        port=cassandra_node.port,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+    )
+    session = cluster.connect()
+    try:
+        yield session
+    finally:
+        cluster.shutdown()
+
+
+_keyspace_numbers = itertools.count(1)
+
+
+@pytest.fixture
+async def cassandra_history_factory(
+    cassandra_session: Session,
+) -> AsyncIterator[MakeCassandraHistory]:
+    """``await make(bucket_ms)``: a CassandraHistoryStore on a fresh, migrated keyspace
+    (``t<n>``, replication factor 1); every keyspace made is dropped after the test."""
+    made: list[str] = []
+
+    async def make(bucket_ms: int) -> cassandra_history.CassandraHistoryStore:
+        keyspace = f"t{next(_keyspace_numbers)}"
+        made.append(keyspace)
+        replication = cassandra_history.simple_replication(1)
+        await cassandra_history.migrate(cassandra_session, keyspace, replication)
+        return await asyncio.to_thread(
+            cassandra_history.CassandraHistoryStore,
+            cassandra_session,
+            keyspace,
+            bucket_ms=bucket_ms,
+        )
+
+    yield make
+    for keyspace in made:
+        await asyncio.to_thread(cassandra_session.execute, f"DROP KEYSPACE IF EXISTS {keyspace}")
+
+
+# --------------------------------------- end of Cassandra --------------------------------------

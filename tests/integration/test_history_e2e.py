@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from core.model import ChatMessage, dm_conversation
 from jetchat.client import ApiError, ChatClient, send_http
 
 
-async def archived_count(pg_dsn: str) -> int:
+async def postgres_count(pg_dsn: str) -> int:
     async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
         cur = await conn.execute("SELECT count(*), count(DISTINCT id) FROM messages")
         total, distinct = await cur.fetchone()
@@ -27,10 +28,42 @@ async def archived_count(pg_dsn: str) -> int:
     return int(total)
 
 
+_keyspaces = itertools.count()
+
+
+@pytest.fixture(params=["postgres", "cassandra"])
+def history_backend(request, pg_dsn):
+    """Environment for jetchat processes, and a function counting archived messages."""
+    if request.param == "postgres":
+        return {}, lambda: postgres_count(pg_dsn)
+    node = request.getfixturevalue("cassandra_node")
+    session = request.getfixturevalue("cassandra_session")
+    keyspace = f"archiver{next(_keyspaces)}"
+    request.addfinalizer(lambda: session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}"))
+
+    async def cassandra_count() -> int:
+        try:
+            rows = await asyncio.to_thread(
+                session.execute, f"SELECT count(*) FROM {keyspace}.messages", timeout=60
+            )
+        except Exception:  # keyspace not created yet
+            return 0
+        return int(rows.one()[0])
+
+    env = {
+        "cassandra_hosts": node.host,
+        "cassandra_port": str(node.port),
+        "cassandra_keyspace": keyspace,
+        "history_bucket_s": "3600",
+    }
+    return env, cassandra_count
+
+
 @pytest.mark.chaos
-async def test_archiver_killed_mid_way_leaves_each_message_once(spawn, nats_url, pg_dsn):
+async def test_archiver_killed_mid_way_leaves_each_message_once(spawn, nats_url, history_backend):
+    env, archived_count = history_backend
     # creates the stream, buckets, consumer (a killed batch comes back after 2 s) and tables
-    spawn(archiver="false", archiver_ack_wait_s="2")
+    spawn(archiver="false", archiver_ack_wait_s="2", **env)
     n = 20_000
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
@@ -55,22 +88,22 @@ async def test_archiver_killed_mid_way_leaves_each_message_once(spawn, nats_url,
         await asyncio.gather(*futures)
     await nc.close()
 
-    archiver = spawn(command="archiver", archiver_ack_wait_s="2")
+    archiver = spawn(command="archiver", archiver_ack_wait_s="2", **env)
     async with asyncio.timeout(60):
-        while await archived_count(pg_dsn) < 3_000:
+        while await archived_count() < 3_000:
             await asyncio.sleep(0.02)
     archiver.kill()
-    assert await archived_count(pg_dsn) < n, "killed too late to test anything"
-    spawn(command="archiver", archiver_ack_wait_s="2")
+    assert await archived_count() < n, "killed too late to test anything"
+    spawn(command="archiver", archiver_ack_wait_s="2", **env)
     async with asyncio.timeout(120):
-        while await archived_count(pg_dsn) < n:
+        while await archived_count() < n:
             await asyncio.sleep(0.1)
     await asyncio.sleep(1)
-    assert await archived_count(pg_dsn) == n
+    assert await archived_count() == n
 
 
-async def test_history_api_for_members_only(server):
-    url = server.base_url
+async def test_history_api_for_members_only(spawn, history_backend):
+    url = spawn(**history_backend[0]).base_url
     alice, bob, eve = [await new_user(url, n) for n in ("alice", "bob", "eve")]
     alice_token, eve_token = await device(url, alice), await device(url, eve)
     sent = [await send_http(url, alice_token, bob, f"m{i}", f"c{i}") for i in range(30)]
@@ -121,8 +154,10 @@ async def test_history_api_for_members_only(server):
         assert info.value.code == "forbidden"
 
 
-async def test_device_older_than_the_inbox_retention_catches_up_from_history(spawn):
-    server = spawn(inbox_retention_s="2")
+async def test_device_older_than_the_inbox_retention_catches_up_from_history(
+    spawn, history_backend
+):
+    server = spawn(inbox_retention_s="2", **history_backend[0])
     url = server.base_url
     alice, bob = await new_user(url, "alice"), await new_user(url, "bob")
     bob_token = await device(url, bob)
