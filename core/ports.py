@@ -84,6 +84,10 @@ class HistoryStore(Protocol):
         """The user's conversations, most recent message first."""
         ...
 
+    async def ping(self) -> None:
+        """Raise if the store cannot answer (readiness)."""
+        ...
+
 
 class InboxEntry(msgspec.Struct, frozen=True):
     """One message in a user's inbox.

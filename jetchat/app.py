@@ -114,6 +114,11 @@ class Services:
             checks["postgres"] = "ok"
         except Exception as exc:
             checks["postgres"] = f"error: {type(exc).__name__}"
+        try:
+            await asyncio.wait_for(self.history_store.ping(), 2)
+            checks["history"] = "ok"
+        except Exception as exc:
+            checks["history"] = f"error: {type(exc).__name__}"
         return checks
 
 

@@ -105,6 +105,10 @@ class PostgresHistoryStore:
             row = await cur.fetchone()
         return _message(row) if row else None
 
+    async def ping(self) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute("SELECT 1 FROM messages LIMIT 1")
+
     async def conversations(self, user: str, limit: int) -> list[ConversationSummary]:
         async with self._pool.connection() as conn:
             cur = await conn.execute(

@@ -99,7 +99,7 @@ async def test_health_readiness_metrics_and_openapi(server):
         ready = (await http.get("/readyz")).json()
         assert ready == {
             "ready": True,
-            "checks": {"nats": "ok", "jetstream": "ok", "postgres": "ok"},
+            "checks": {"nats": "ok", "jetstream": "ok", "postgres": "ok", "history": "ok"},
         }
         assert "jetchat_messages_sent_total" in (await http.get("/metrics")).text
         spec = (await http.get("/schema/openapi.json")).json()

@@ -151,6 +151,9 @@ class MemoryHistory:
     async def conversations(self, user: str, limit: int) -> list[ConversationSummary]:
         return []
 
+    async def ping(self) -> None:
+        pass
+
 
 class NoRevocations:
     async def publish(self, device_id: str) -> None:
