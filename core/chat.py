@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from core.accounts import Accounts
+from core.groups import Groups
 from core.history import History
 from core.messaging import Messaging
 from core.ports import CursorStore, InboxLog
@@ -52,10 +53,12 @@ class Chat:
         inbox: InboxLog,
         cursors: CursorStore,
         limits: Limits,
+        groups: Groups,
     ) -> None:
         self.accounts = accounts
         self.messaging = messaging
         self.history = history
+        self.groups = groups
         self.inbox = inbox
         self.cursors = cursors
         self.limits = limits

@@ -24,7 +24,8 @@ class ErrorCode(StrEnum):
     BAD_CREDENTIALS = "bad_credentials"
     USERNAME_TAKEN = "username_taken"
     NOT_FOUND = "not_found"
-    FORBIDDEN = "forbidden"  # not a member of the conversation
+    FORBIDDEN = "forbidden"  # not a member of the conversation, or not an admin of the group
+    GROUP_FULL = "group_full"  # adding past the group size limit
     FORBIDDEN_ORIGIN = "forbidden_origin"
     # delivery
     UNKNOWN_RECIPIENT = "unknown_recipient"

@@ -5,8 +5,13 @@ from __future__ import annotations
 import re
 
 from core.errors import ChatError, ErrorCode
-from core.model import ChatMessage, ConversationSummary, conversation_members
-from core.ports import HistoryStore
+from core.model import (
+    ChatMessage,
+    ConversationSummary,
+    conversation_members,
+    group_conversation,
+)
+from core.ports import GroupStore, HistoryStore
 
 MAX_PAGE = 100
 """Messages per history page at most: one page is one response frame, and 100 messages of
@@ -15,14 +20,19 @@ MAX_CONVERSATIONS = 500
 
 _ID_RE = re.compile(r"^[0-9a-f]{24}$")
 _CONV_RE = re.compile(r"^dm\.[a-z0-9_]{3,32}\.[a-z0-9_]{3,32}$")
+_GROUP_RE = re.compile(r"^group\.[0-9a-f]{16}$")
 
 FIRST_ID = "0" * 24
 """Sorts before every message id: ``after=FIRST_ID`` pages from the very beginning."""
 
 
+Range = tuple[str, str | None]  # ids, both included; None: up to now
+
+
 class History:
-    def __init__(self, store: HistoryStore) -> None:
+    def __init__(self, store: HistoryStore, groups: GroupStore) -> None:
         self._store = store
+        self._groups = groups
 
     async def page(
         self,
@@ -36,8 +46,9 @@ class History:
     ) -> list[ChatMessage]:
         """Up to ``limit`` (at most MAX_PAGE) messages in id order: the newest, or those just
         before/after a message id, or ``around`` one (it, with up to half the page on each
-        side). Only members of the conversation may read it."""
-        self._check_member(user, conv)
+        side). Only members of the conversation may read it; in a group, only the stretches
+        of the timeline they were a member of."""
+        ranges = await self._readable(user, conv)
         anchors = [a for a in (before, after, around) if a is not None]
         if len(anchors) > 1:
             raise ChatError(ErrorCode.INVALID_ARGUMENT, "give at most one of before, after, around")
@@ -48,23 +59,92 @@ class History:
             raise ChatError(ErrorCode.INVALID_ARGUMENT, "limit must be at least 1")
         limit = min(limit, MAX_PAGE)
         if around is None:
-            return await self._store.page(conv, before=before, after=after, limit=limit)
+            return await self._page(conv, ranges, before=before, after=after, limit=limit)
         older = (limit - 1) // 2
         middle = await self._store.get(conv, around)
-        before_page = await self._store.page(conv, before=around, limit=older) if older else []
-        after_page = await self._store.page(
-            conv, after=around, limit=limit - len(before_page) - (1 if middle else 0)
+        if middle is not None and not _inside(middle.id, ranges):
+            middle = None
+        before_page = (
+            await self._page(conv, ranges, before=around, after=None, limit=older) if older else []
         )
+        rest = limit - len(before_page) - (1 if middle else 0)
+        after_page = await self._page(conv, ranges, before=None, after=around, limit=rest)
         return [*before_page, *([middle] if middle else []), *after_page][:limit]
+
+    async def _page(
+        self,
+        conv: str,
+        ranges: list[Range] | None,
+        *,
+        before: str | None,
+        after: str | None,
+        limit: int,
+    ) -> list[ChatMessage]:
+        """A page, walking only the readable ranges (None: everything)."""
+        if ranges is None:
+            return await self._store.page(conv, before=before, after=after, limit=limit)
+        out: list[ChatMessage] = []
+        if after is not None:
+            for lo, hi in ranges:
+                if hi is not None and hi <= after:
+                    continue
+                want = limit - len(out)
+                page = await self._store.page(conv, after=max(after, _pred(lo)), limit=want)
+                inside = [m for m in page if hi is None or m.id <= hi]
+                out += inside
+                if len(out) >= limit or (len(inside) == len(page) and len(page) < want):
+                    break  # full, or the store has nothing more
+            return out
+        for lo, hi in reversed(ranges):
+            upper = before
+            if hi is not None:
+                upper = min(upper, _succ(hi)) if upper is not None else _succ(hi)
+            if upper is not None and upper <= lo:
+                continue
+            page = await self._store.page(conv, before=upper, limit=limit - len(out))
+            out = [m for m in page if m.id >= lo] + out
+            if len(out) >= limit:
+                break
+        return out
+
+    async def _readable(self, user: str, conv: str) -> list[Range] | None:
+        """The ranges of a group's timeline the user may read (None: a 1:1, all of it)."""
+        if _CONV_RE.fullmatch(conv):
+            if user not in conversation_members(conv):
+                raise ChatError(ErrorCode.FORBIDDEN, "you are not a member of this conversation")
+            return None
+        if not _GROUP_RE.fullmatch(conv):
+            raise ChatError(ErrorCode.NOT_FOUND, f"no conversation {conv!r}")
+        periods = await self._groups.periods(conv.removeprefix("group."), user)
+        if not periods:
+            raise ChatError(ErrorCode.FORBIDDEN, "you are not a member of this group")
+        return [(p.joined_id, p.left_id) for p in periods]
 
     async def conversations(
         self, user: str, limit: int = MAX_CONVERSATIONS
     ) -> list[ConversationSummary]:
-        return await self._store.conversations(user, min(max(limit, 1), MAX_CONVERSATIONS))
+        """1:1 conversations and current groups, most recent first."""
+        limit = min(max(limit, 1), MAX_CONVERSATIONS)
+        found = await self._store.conversations(user, limit)
+        for group in await self._groups.groups_of(user):
+            conv = group_conversation(group.id)
+            newest = await self.page(user, conv, limit=1)
+            if newest:
+                found.append(ConversationSummary(conv, newest[-1].id, newest[-1].ts))
+        return sorted(found, key=lambda c: c.last_id, reverse=True)[:limit]
 
-    @staticmethod
-    def _check_member(user: str, conv: str) -> None:
-        if not _CONV_RE.fullmatch(conv):
-            raise ChatError(ErrorCode.NOT_FOUND, f"no conversation {conv!r}")
-        if user not in conversation_members(conv):
-            raise ChatError(ErrorCode.FORBIDDEN, "you are not a member of this conversation")
+
+def _pred(message_id: str) -> str:
+    """The id just before: ``after=_pred(x)`` includes x."""
+    return f"{int(message_id, 16) - 1:024x}"
+
+
+def _succ(message_id: str) -> str:
+    """The id just after: ``before=_succ(x)`` includes x."""
+    return f"{int(message_id, 16) + 1:024x}"
+
+
+def _inside(message_id: str, ranges: list[Range] | None) -> bool:
+    return ranges is None or any(
+        lo <= message_id and (hi is None or message_id <= hi) for lo, hi in ranges
+    )

@@ -42,6 +42,15 @@ class MessageIds:
                     self._last_ms, self._counter = self._last_ms + 1, 0
             return f"{self._last_ms:012x}{self._counter:04x}{self._node:08x}", self._last_ms
 
+    def after(self, last_id: str) -> tuple[str, int]:
+        """A new id greater than ``last_id`` (another process's, whose clock may be ahead):
+        this is how a group's ids follow the group's sequence."""
+        with self._lock:
+            last = (int(last_id[:12], 16), int(last_id[12:16], 16))
+            if (self._last_ms, self._counter) < last:
+                self._last_ms, self._counter = last
+        return self.next()
+
 
 def new_device_id() -> str:
     return secrets.token_hex(8)

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import re
+import weakref
+from collections.abc import Callable, Sequence
 
 import msgspec
 
 from core import metrics
 from core.accounts import Accounts
 from core.errors import ChatError, ErrorCode
-from core.ids import MessageIds
+from core.ids import USER_ID_RE, MessageIds
 from core.model import ChatMessage, SendRecord, Sent, dm_conversation
-from core.ports import InboxLog, SendLedger
+from core.ports import GroupLog, GroupStore, InboxLog, SendLedger
 
 MAX_CLIENT_ID_CHARS = 64
+_PLACE_ATTEMPTS = 20  # writers of one group racing from several processes
+GROUP_CONV_RE = re.compile(r"^group\.[0-9a-f]{16}$")
 
 _encoder = msgspec.json.Encoder()
+_decode_message = msgspec.json.Decoder(ChatMessage).decode
 
 
 class SendRequest(msgspec.Struct, frozen=True):
@@ -45,9 +50,18 @@ class Messaging:
         ledger: SendLedger,
         ids: MessageIds,
         max_message_chars: int,
+        groups: GroupStore,
+        group_log: GroupLog,
     ) -> None:
         self._accounts = accounts
         self._inbox = inbox
+        self._groups = groups
+        self._group_log = group_log
+        # One in-process queue per group, so this process's senders do not race each other
+        # on the timeline (processes still may: the timeline's expected sequence settles it).
+        self._group_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._ledger = ledger
         self._ids = ids
         self._max_chars = max_message_chars
@@ -100,9 +114,9 @@ class Messaging:
             if isinstance(claim, BaseException):
                 results[i] = _as_chat_error(claim)
             elif claim is not None and claim.done:
-                results[i] = Sent(
-                    req.client_id, claim.id, dm_conversation(sender, req.to), claim.ts
-                )
+                results[i] = Sent(req.client_id, claim.id, _conversation(sender, req.to), claim.ts)
+            elif is_group(req.to):
+                results[i] = await self._send_group(sender, device, req, claim or rec)
             else:
                 writes.append((i, req, claim or rec))
 
@@ -142,8 +156,76 @@ class Messaging:
             # The copies are durable even if the ledger update failed; a resend then rewrites
             # them with the same id, which the client de-duplicates.
             del outcome
-            results[i] = Sent(req.client_id, rec.id, dm_conversation(sender, req.to), rec.ts)
+            results[i] = Sent(req.client_id, rec.id, _conversation(sender, req.to), rec.ts)
         return [r if r is not None else ChatError(ErrorCode.INTERNAL, "lost") for r in results]
+
+    async def _send_group(
+        self, sender: str, device: str, req: SendRequest, record: SendRecord
+    ) -> Sent | ChatError:
+        """Take the message's place in the group's timeline, then copy it to every member's
+        inbox, all under the group's shared lock (core.ports.GroupStore)."""
+        conv, group_id = req.to, req.to.removeprefix("group.")
+        try:
+            async with self._group_locks.setdefault(group_id, asyncio.Lock()):
+                async with self._groups.sending(group_id) as members:
+                    if members is None:
+                        return ChatError(ErrorCode.NOT_FOUND, f"no group {conv!r}")
+                    if sender not in {m.user_id for m in members}:
+                        return ChatError(ErrorCode.FORBIDDEN, "you are not a member of this group")
+                    if record.logged:  # a resend of a message already in the timeline
+                        data = _encoder.encode(self._message(sender, device, req, record))
+                    else:
+                        data = await self.place(
+                            group_id,
+                            f"{sender}.{req.client_id}",
+                            lambda msg_id, ts: self._message(
+                                sender, device, req, SendRecord(msg_id, ts)
+                            ),
+                        )
+                        placed = _decode_message(data)
+                        record = SendRecord(placed.id, placed.ts, logged=True)
+                        await self._ledger.complete(sender, req.client_id, record)
+                    await self.deliver(data, [m.user_id for m in members])
+            await self._ledger.complete(
+                sender, req.client_id, SendRecord(record.id, record.ts, True, True)
+            )
+        except Exception as exc:
+            return _as_chat_error(exc)
+        return Sent(req.client_id, record.id, conv, record.ts)
+
+    async def place(
+        self, group_id: str, dedupe_key: str, build: Callable[[str, int], ChatMessage]
+    ) -> bytes:
+        """Write a timeline entry built for the id it gets: an id greater than the timeline's
+        newest, written only if no one wrote in between (else read again and retry), so ids
+        follow the group's sequence whichever process writes."""
+        for _ in range(_PLACE_ATTEMPTS):
+            seq, last_id = await self._group_log.last(group_id)
+            msg_id, ts = self._ids.after(last_id) if last_id else self._ids.next()
+            placed = await self._group_log.append(
+                group_id, _encoder.encode(build(msg_id, ts)), seq, dedupe_key
+            )
+            if placed is not None:
+                return placed[1]
+        raise ChatError(ErrorCode.UNAVAILABLE, "the group is too busy right now; retry")
+
+    async def deliver(self, data: bytes, users: Sequence[str]) -> None:
+        """Copy a timeline entry into each user's inbox (idempotent per user)."""
+        msg_id = _decode_message(data).id
+        await self._inbox.append([(u, f"{msg_id}.{u}", data) for u in users])
+
+    @staticmethod
+    def _message(sender: str, device: str, req: SendRequest, record: SendRecord) -> ChatMessage:
+        return ChatMessage(
+            id=record.id,
+            conv=req.to,
+            sender=sender,
+            sender_device=device,
+            to=req.to,
+            text=req.text,
+            ts=record.ts,
+            client_id=req.client_id,
+        )
 
     def _validate(self, req: SendRequest) -> None:
         if not 1 <= len(req.client_id) <= MAX_CLIENT_ID_CHARS:
@@ -153,6 +235,10 @@ class Messaging:
             )
         if not req.text:
             raise ChatError(ErrorCode.EMPTY_MESSAGE, "text is empty")
+        if not (USER_ID_RE.fullmatch(req.to) or is_group(req.to)):
+            raise ChatError(
+                ErrorCode.UNKNOWN_RECIPIENT, f"{req.to!r} is neither a user nor a group"
+            )
         if len(req.text) > self._max_chars:
             raise ChatError(
                 ErrorCode.MESSAGE_TOO_LONG,
@@ -164,7 +250,7 @@ class Messaging:
         todo: list[tuple[int, SendRequest, SendRecord]],
         results: list[Sent | ChatError | None],
     ) -> None:
-        unknown = {req.to for _, req, _ in todo} - self._known_users
+        unknown = {req.to for _, req, _ in todo if not is_group(req.to)} - self._known_users
         for user in unknown:
             try:
                 found = await self._accounts.exists(user)
@@ -178,6 +264,14 @@ class Messaging:
             for i, req, _ in todo:
                 if req.to == user:
                     results[i] = failure
+
+
+def is_group(to: str) -> bool:
+    return GROUP_CONV_RE.fullmatch(to) is not None
+
+
+def _conversation(sender: str, to: str) -> str:
+    return to if is_group(to) else dm_conversation(sender, to)
 
 
 def _as_chat_error(exc: BaseException) -> ChatError:

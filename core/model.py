@@ -42,6 +42,10 @@ class ChatMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     text: str
     ts: int  # ms since the epoch, assigned with the id
     client_id: str = ""
+    event: str = ""
+    """Group timeline events: "created", "added", "removed", "left", "renamed", "promoted"
+    (``text`` then says it in words, ``target`` is the user it concerns). Empty: a message."""
+    target: str = ""
 
 
 class ConversationSummary(msgspec.Struct, frozen=True):
@@ -53,12 +57,37 @@ class ConversationSummary(msgspec.Struct, frozen=True):
 
 
 def conversation_members(conv: str) -> tuple[str, ...]:
-    """The members of a 1:1 conversation, from its id ``dm.<a>.<b>``."""
+    """The members of a 1:1 conversation, from its id ``dm.<a>.<b>``; () for a group, whose
+    members change over time and live in the group store."""
     kind, _, rest = conv.partition(".")
     if kind != "dm":
-        raise ValueError(f"not a 1:1 conversation: {conv!r}")
+        return ()
     a, _, b = rest.partition(".")
     return (a, b) if a != b else (a,)
+
+
+def group_conversation(group_id: str) -> str:
+    return f"group.{group_id}"
+
+
+class Group(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    created_by: str
+    created_at: int  # ms since the epoch
+
+
+class Member(msgspec.Struct, frozen=True):
+    user_id: str
+    role: str  # "admin" or "member"
+    joined_id: str  # id of the timeline event that added them
+
+
+class MembershipPeriod(msgspec.Struct, frozen=True):
+    """A stretch of a group's timeline a user belonged to, by event ids (both included)."""
+
+    joined_id: str
+    left_id: str | None  # None: still a member
 
 
 def id_time_ms(message_id: str) -> int:
@@ -70,11 +99,13 @@ class SendRecord(msgspec.Struct, frozen=True):
     """What the idempotency store keeps per (sender, client message id).
 
     ``done`` turns true once every inbox copy is acknowledged by JetStream; a resend of a done
-    record returns it and writes nothing."""
+    record returns it and writes nothing. ``logged``: a group message already has its place
+    (and final id) in the group's log; a resend only completes its copies."""
 
     id: str
     ts: int
     done: bool = False
+    logged: bool = False
 
 
 class Sent(msgspec.Struct, frozen=True):

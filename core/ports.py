@@ -7,11 +7,21 @@ transports); core tests use in-memory fakes. Each method says what it promises.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 import msgspec
 
-from core.model import ChatMessage, ConversationSummary, Device, SendRecord, User
+from core.model import (
+    ChatMessage,
+    ConversationSummary,
+    Device,
+    Group,
+    Member,
+    MembershipPeriod,
+    SendRecord,
+    User,
+)
 
 
 class Clock(Protocol):
@@ -86,6 +96,75 @@ class HistoryStore(Protocol):
 
     async def ping(self) -> None:
         """Raise if the store cannot answer (readiness)."""
+        ...
+
+
+class GroupChange(Protocol):
+    """A group's membership being changed, under the group's exclusive lock (see
+    :meth:`GroupStore.changing`). Every method applies at once within the lock's transaction."""
+
+    group: Group
+    members: list[Member]
+
+    async def add(self, user_id: str, role: str, joined_id: str) -> None: ...
+
+    async def remove(self, user_id: str, left_id: str) -> None: ...
+
+    async def set_role(self, user_id: str, role: str) -> None: ...
+
+    async def rename(self, name: str) -> None: ...
+
+
+class GroupStore(Protocol):
+    """Groups and their members (Postgres).
+
+    Membership and group messages are linearised by one lock per group: a send holds it
+    shared (:meth:`sending`) from reading the members until every copy is written, a
+    membership change holds it exclusively (:meth:`changing`). So a message is copied to
+    exactly the members of the moment its place in the timeline was taken: a removed member
+    gets nothing after the removal event, a new member everything after the joining event."""
+
+    async def create(self, group: Group, members: list[Member]) -> None:
+        """Create the group with its first members (one transaction)."""
+        ...
+
+    async def get(self, group_id: str) -> Group | None: ...
+
+    async def members(self, group_id: str) -> list[Member]: ...
+
+    async def groups_of(self, user_id: str) -> list[Group]:
+        """Groups the user is a member of now."""
+        ...
+
+    async def periods(self, group_id: str, user_id: str) -> list[MembershipPeriod]:
+        """Every stretch of the timeline the user belonged to the group, oldest first."""
+        ...
+
+    def sending(self, group_id: str) -> AbstractAsyncContextManager[list[Member] | None]:
+        """Hold the group's lock shared; yields its members now (None: no such group)."""
+        ...
+
+    def changing(self, group_id: str) -> AbstractAsyncContextManager[GroupChange | None]:
+        """Hold the group's lock exclusively; yields the change (None: no such group).
+        Everything done through it commits when the block exits without an exception."""
+        ...
+
+
+class GroupLog(Protocol):
+    """Each group's timeline in JetStream (``chat.group.<id>``): the group's sequence is the
+    one order of its messages, and message ids are assigned to follow it."""
+
+    async def last(self, group_id: str) -> tuple[int, str]:
+        """``(sequence, message id)`` of the group's newest timeline entry; (0, "") if none."""
+        ...
+
+    async def append(
+        self, group_id: str, data: bytes, expected_seq: int, dedupe_key: str
+    ) -> tuple[int, bytes] | None:
+        """Write ``data`` if the group's newest entry is still ``expected_seq``; None if another
+        writer came first (read :meth:`last` again and retry). Returns the entry's sequence
+        and its stored bytes: those of the first write if ``dedupe_key`` was written within
+        the duplicate window (a resend)."""
         ...
 
 

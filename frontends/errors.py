@@ -20,6 +20,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.USERNAME_TAKEN: 409,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.FORBIDDEN: 403,
+    ErrorCode.GROUP_FULL: 409,
     ErrorCode.UNKNOWN_RECIPIENT: 404,
     ErrorCode.RESYNC_NEEDED: 409,
     ErrorCode.SLOW_CONSUMER: 429,

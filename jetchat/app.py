@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from core.accounts import Accounts
 from core.chat import Chat
+from core.groups import Groups
 from core.history import History
 from core.ids import MessageIds
 from core.messaging import Messaging
@@ -33,10 +34,12 @@ from frontends.ws.handler import WsSettings, ws_handler
 from jetchat.settings import Settings
 from jetstream import streams
 from jetstream.archiver import Archiver
+from jetstream.group_log import JetStreamGroupLog
 from jetstream.inbox import JetStreamInbox
 from jetstream.kv import KvCursorStore, KvSendLedger
 from jetstream.revocations import NatsRevocationBus
 from storage.postgres import PostgresAccountStore, migrate, open_pool
+from storage.postgres_groups import PostgresGroupStore
 from storage.postgres_history import PostgresHistoryStore
 
 log = logging.getLogger("jetchat")
@@ -78,11 +81,27 @@ class Services:
         accounts = Accounts(PostgresAccountStore(pool), clock, settings.token_ttl_s, revocations)
         ledger = KvSendLedger(await js.key_value(settings.jetstream.sends_bucket))
         cursors = KvCursorStore(await js.key_value(settings.jetstream.cursors_bucket))
+        group_store = PostgresGroupStore(pool)
         messaging = Messaging(
-            accounts, inbox, ledger, MessageIds(clock), settings.max_message_chars
+            accounts,
+            inbox,
+            ledger,
+            MessageIds(clock),
+            settings.max_message_chars,
+            group_store,
+            JetStreamGroupLog(nc, js, settings.jetstream),
         )
+        groups = Groups(group_store, messaging, accounts, clock, settings.max_group_members)
         history_store, closers = await open_history_store(settings, pool)
-        chat = Chat(accounts, messaging, History(history_store), inbox, cursors, settings.limits)
+        chat = Chat(
+            accounts,
+            messaging,
+            History(history_store, group_store),
+            inbox,
+            cursors,
+            settings.limits,
+            groups,
+        )
         await revocations.subscribe(chat.device_revoked)
         return cls(settings, nc, js, pool, chat, history_store, closers)
 

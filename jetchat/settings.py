@@ -14,6 +14,7 @@ from core.chat import Limits
 from jetstream.streams import DAY_S, JetStreamSettings
 
 _SECRET_FIELDS = {"postgres_dsn", "nats_url"}
+MAX_GROUP_MEMBERS = 500
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,6 +62,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     replicas: int = 1
     sends_ttl_s: float = DAY_S
     publish_timeout_s: float = 5.0
+
+    # groups
+    max_group_members: int = 100
+    """Members a group may have, creator included; at most 500 (fanout copies a message into
+    every member's inbox, see docs/architecture.md)."""
 
     # history
     archiver: bool = True
@@ -123,6 +129,11 @@ def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Sett
             raw[name] = env[key]
     raw.update(overrides)
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise SystemExit(f"bad configuration: {exc} (environment variable JETCHAT_...)") from exc
+    if not 2 <= settings.max_group_members <= MAX_GROUP_MEMBERS:
+        raise SystemExit(
+            f"bad configuration: JETCHAT_MAX_GROUP_MEMBERS must be 2 to {MAX_GROUP_MEMBERS}"
+        )
+    return settings

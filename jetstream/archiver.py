@@ -1,7 +1,7 @@
 """The history archiver: every inbox message into the history store, acknowledged after.
 
-Each message sits in two inboxes (recipient's and sender's); only the recipient's copy is
-written (the sender's is acknowledged as is), which halves the writes. History writes are
+Each message sits in several inboxes (a 1:1 in both participants', a group's in every
+member's); one copy is written and the others are acknowledged as they are. History writes are
 idempotent, so a batch delivered again after a crash (not acknowledged within
 ``archiver_ack_wait_s``) is simply written again: kill an archiver at any moment and history
 still holds each message exactly once. Any number of archivers may run: they pull from one
@@ -49,9 +49,13 @@ async def archiver_lag(js: JetStreamContext, s: JetStreamSettings) -> ArchiverLa
 
 
 def to_archive(msg: Msg) -> ChatMessage | None:
-    """The message to store for this inbox entry: None for the sender's own copy."""
+    """The message to store for this inbox entry, or None for the other copies: of a 1:1
+    message the recipient's copy is kept, of a group entry the sender's (every member has
+    one; the sender always does)."""
     message = _decode(msg.data)
-    return message if msg.subject.rpartition(".")[2] == message.to else None
+    owner = msg.subject.rpartition(".")[2]
+    keep = message.sender if message.conv.startswith("group.") else message.to
+    return message if owner == keep else None
 
 
 class Archiver:

@@ -7,6 +7,9 @@ Operators see these with the ``nats`` CLI (docs/operations.md):
   reads without a consumer; RePublish copies each stored message to ``chat.live.inbox.<user>``
   with its sequence and the previous sequence of that inbox, which is how connected devices
   receive live messages and detect a gap.
+- stream ``CHAT_GROUPS``, subjects ``chat.group.<group>``: each group's timeline. A message
+  takes its place there first (written with the expected last sequence of the subject, so
+  writers from any process line up) and is then copied into each member's inbox.
 - KV bucket ``chat_sends``: ``<user>.<sha256(client id)>`` -> the original send result.
 - KV bucket ``chat_cursors``: ``<user>.<device>`` -> the device's acked inbox sequence.
 - durable consumer ``archiver`` on ``CHAT_INBOX``: the history archiver's position. Every
@@ -44,6 +47,8 @@ class JetStreamSettings(msgspec.Struct, frozen=True):
     is short. The send ledger covers resends after it."""
     replicas: int = 1
     """Replicas of the stream and buckets: 3 on a production cluster."""
+    groups_stream: str = "CHAT_GROUPS"
+    groups_subject: str = "chat.group"
     sends_bucket: str = "chat_sends"
     sends_ttl_s: float = DAY_S
     """How long a resend with the same client message id returns the original result."""
@@ -85,13 +90,27 @@ def archiver_consumer_config(s: JetStreamSettings) -> ConsumerConfig:
     )
 
 
+def groups_stream_config(s: JetStreamSettings) -> StreamConfig:
+    return StreamConfig(
+        name=s.groups_stream,
+        description="jetchat group timelines: the one order of each group's messages",
+        subjects=[f"{s.groups_subject}.*"],
+        storage=StorageType.FILE,
+        max_age=s.inbox_retention_s,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=min(s.duplicate_window_s, s.inbox_retention_s),
+        num_replicas=s.replicas,
+        allow_direct=True,
+    )
+
+
 async def ensure(js: JetStreamContext, s: JetStreamSettings) -> None:
-    """Create or update the stream and buckets; safe to run from many processes at once."""
-    config = inbox_stream_config(s)
-    try:
-        await js.add_stream(config)
-    except BadRequestError:  # exists with another config: bring it to ours
-        await js.update_stream(config)
+    """Create or update the streams and buckets; safe to run from many processes at once."""
+    for config in (inbox_stream_config(s), groups_stream_config(s)):
+        try:
+            await js.add_stream(config)
+        except BadRequestError:  # exists with another config: bring it to ours
+            await js.update_stream(config)
     await js.add_consumer(s.inbox_stream, archiver_consumer_config(s))
     for bucket, ttl in (
         (s.sends_bucket, s.sends_ttl_s),

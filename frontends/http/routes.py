@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
@@ -11,9 +11,10 @@ from litestar.exceptions import HTTPException
 from core.accounts import DeviceInfo, Login, Profile
 from core.chat import Chat
 from core.errors import ChatError, ErrorCode
+from core.groups import GroupInfo
 from core.history import MAX_CONVERSATIONS, MAX_PAGE
 from core.messaging import SendRequest
-from core.model import ChatMessage, ConversationSummary, Device, Sent
+from core.model import ChatMessage, ConversationSummary, Device, Group, Sent
 from frontends.auth import bearer_token
 from frontends.errors import error_body
 
@@ -160,6 +161,61 @@ class ConversationsController(Controller):
         return HistoryPageBody(conv, messages)
 
 
+class NewGroup(msgspec.Struct, frozen=True):
+    name: str
+    members: list[str] = []
+
+
+class GroupPatch(msgspec.Struct, frozen=True):
+    name: str
+
+
+class UserRef(msgspec.Struct, frozen=True):
+    user_id: str
+
+
+class GroupsController(Controller):
+    path = "/v1/groups"
+    tags = ["groups"]  # noqa: RUF012
+    dependencies = {  # noqa: RUF012
+        "chat": Provide(provide_chat, sync_to_thread=False),
+        "device": Provide(provide_device),
+    }
+
+    @post("/", summary="Create a group (I am its first admin)")
+    async def create(self, chat: Chat, device: Device, data: NewGroup) -> GroupInfo:
+        return await chat.groups.create(device.user_id, device.id, data.name, data.members)
+
+    @get("/", summary="My groups")
+    async def mine(self, chat: Chat, device: Device) -> list[Group]:
+        return await chat.groups.mine(device.user_id)
+
+    @get("/{group_id:str}", summary="A group of mine and its members")
+    async def info(self, chat: Chat, device: Device, group_id: str) -> GroupInfo:
+        return await chat.groups.info(device.user_id, group_id)
+
+    @patch("/{group_id:str}", summary="Rename (admins)")
+    async def rename(
+        self, chat: Chat, device: Device, group_id: str, data: GroupPatch
+    ) -> GroupInfo:
+        return await chat.groups.rename(device.user_id, device.id, group_id, data.name)
+
+    @post("/{group_id:str}/members", summary="Add a member (admins)")
+    async def add(self, chat: Chat, device: Device, group_id: str, data: UserRef) -> GroupInfo:
+        return await chat.groups.add(device.user_id, device.id, group_id, data.user_id)
+
+    @delete(
+        "/{group_id:str}/members/{user_id:str}",
+        summary="Remove a member (admins), or leave (my own user id)",
+    )
+    async def remove(self, chat: Chat, device: Device, group_id: str, user_id: str) -> None:
+        await chat.groups.remove(device.user_id, device.id, group_id, user_id)
+
+    @post("/{group_id:str}/admins", summary="Make a member an admin (admins)")
+    async def promote(self, chat: Chat, device: Device, group_id: str, data: UserRef) -> GroupInfo:
+        return await chat.groups.promote(device.user_id, device.id, group_id, data.user_id)
+
+
 def chat_error_handler(_: Request[object, object, State], exc: ChatError) -> Response[bytes]:
     status, body = error_body(exc)
     return Response(body, status_code=status, media_type="application/json")
@@ -179,5 +235,10 @@ def http_error_handler(
     return Response(body, status_code=exc.status_code, media_type="application/json")
 
 
-route_handlers = [AccountsController, MessagesController, ConversationsController]
+route_handlers = [
+    AccountsController,
+    MessagesController,
+    ConversationsController,
+    GroupsController,
+]
 exception_handlers = {ChatError: chat_error_handler, HTTPException: http_error_handler}

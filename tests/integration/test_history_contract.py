@@ -21,6 +21,13 @@ T0 = 1_790_000_000_000
 MakeStore = Callable[[int], Awaitable[HistoryStore]]
 
 
+class NoGroups:
+    """1:1 conversations only here; group history is tested in test_groups.py."""
+
+    async def periods(self, group_id: str, user_id: str) -> list[object]:
+        return []
+
+
 @pytest.fixture(params=["postgres", "cassandra"])
 def backend(request: pytest.FixtureRequest) -> tuple[str, object]:
     """Only the servers of the chosen backend are started (Cassandra's start is slow)."""
@@ -122,7 +129,7 @@ async def test_writes_are_idempotent(store: HistoryStore):
 async def test_around_a_message_and_page_size_caps(store: HistoryStore):
     messages = [msg(CONV, T0 + i * 300) for i in range(300)]
     await store.write(messages)
-    history = History(store)
+    history = History(store, NoGroups())
     ids = [m.id for m in messages]
     around = await history.page("alice", CONV, around=ids[150], limit=11)
     assert [m.id for m in around] == ids[145:156]

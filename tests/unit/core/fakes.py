@@ -10,6 +10,7 @@ import msgspec
 
 from core.accounts import Accounts
 from core.chat import Chat, Limits
+from core.groups import Groups
 from core.history import History
 from core.ids import MessageIds
 from core.messaging import Messaging
@@ -155,6 +156,20 @@ class MemoryHistory:
         pass
 
 
+class NoGroups:
+    """Groups are tested against Postgres and NATS (tests/integration/test_groups.py)."""
+
+    async def groups_of(self, user_id: str) -> list[object]:
+        return []
+
+    async def periods(self, group_id: str, user_id: str) -> list[object]:
+        return []
+
+
+class NoGroupLog:
+    pass
+
+
 class NoRevocations:
     async def publish(self, device_id: str) -> None:
         pass
@@ -182,13 +197,17 @@ def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAc
     clock = FakeClock()
     accounts_store, inbox = MemoryAccounts(), MemoryInbox()
     accounts = Accounts(accounts_store, clock, 3600, NoRevocations())
-    messaging = Messaging(accounts, inbox, MemoryLedger(), MessageIds(clock), 100_000)
+    groups = NoGroups()
+    messaging = Messaging(
+        accounts, inbox, MemoryLedger(), MessageIds(clock), 100_000, groups, NoGroupLog()
+    )
     chat = Chat(
         accounts,
         messaging,
-        History(MemoryHistory()),
+        History(MemoryHistory(), groups),
         inbox,
         MemoryCursors(),
         limits or Limits(),
+        Groups(groups, messaging, accounts, clock, 100),
     )
     return chat, inbox, accounts_store
