@@ -225,3 +225,25 @@ async def test_removed_then_readded_member_sees_only_their_stretches(server, pg_
             assert m2.id not in {m.id for m in page}
             assert [m.id for m in page][1:2] == [m1.id] and page[-1].id == m3.id
             assert m2.id in {m.id for m in await a.history(conv, limit=100)}
+
+
+async def test_group_resend_with_the_same_client_id_returns_the_original(server, pg_dsn):
+    url = server.base_url
+    (_, ta), (bob, tb) = await bulk_users(pg_dsn, "i", 2)
+    conv = (await api(url, ta, "POST", "/v1/groups", {"name": "g", "members": [bob]})).json()[
+        "conv"
+    ]
+    async with ChatClient(url, ta, cursor=0) as a:
+        first = await a.send(conv, "once", client_id="g-1")
+        again = await a.send(conv, "once", client_id="g-1")
+    over_http = (
+        await api(url, ta, "POST", "/v1/messages", {"client_id": "g-1", "to": conv, "text": "once"})
+    ).json()
+    assert first == again and over_http["id"] == first.id and over_http["conv"] == conv
+    timeline = await group_log(server.env["JETCHAT_NATS_URL"], conv)
+    assert [e.get("event") or e["text"] for e in timeline] == ["created", "once"]
+    async with ChatClient(url, tb, cursor=0) as b:
+        got = await drain(b, 2)
+        await b.caught_up.wait()
+        await asyncio.sleep(0.2)
+        assert [m.id for m in got][1] == first.id and b._inbox.empty()
