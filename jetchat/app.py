@@ -114,8 +114,11 @@ class Services:
             self.archiver_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.archiver_task
+        # flush what is published, then close: drain() would wait up to 30 s on the
+        # archiver's pull subscription, which has nothing left to give
         with contextlib.suppress(Exception):
-            await self.nc.drain()
+            await asyncio.wait_for(self.nc.flush(), 5)
+        await self.nc.close()
         for close in self.closers:
             await close()
         await self.pool.close()
