@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from core.accounts import Accounts
+from core.events import Events
 from core.groups import Groups
 from core.history import History
 from core.messaging import Messaging
-from core.ports import CursorStore, InboxLog
+from core.ports import Clock, CursorStore, InboxLog
 
 if TYPE_CHECKING:
     from core.connection import Connection
@@ -42,6 +43,9 @@ class Limits(msgspec.Struct, frozen=True):
     """Send frames queued per connection before the server stops reading from it."""
     cursor_flush_s: float = 1.0
     """How often a device's acked position is written to the cursor store (and on close)."""
+    typing_per_s: float = 1.0
+    """Typing events a device may send per second on average (beyond: dropped)."""
+    typing_burst: int = 5
 
 
 class Chat:
@@ -54,11 +58,15 @@ class Chat:
         cursors: CursorStore,
         limits: Limits,
         groups: Groups,
+        events: Events,
+        clock: Clock,
     ) -> None:
         self.accounts = accounts
         self.messaging = messaging
         self.history = history
         self.groups = groups
+        self.events = events
+        self.clock = clock
         self.inbox = inbox
         self.cursors = cursors
         self.limits = limits

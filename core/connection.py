@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from core import metrics
 from core.chat import Chat
 from core.errors import ChatError, ErrorCode
+from core.events import TokenBucket
 from core.feed import InboxFeed
 from core.messaging import SendRequest
 from core.model import Device, Sent
@@ -35,6 +36,7 @@ from core.protocol import (
     ResyncNeeded,
     Send,
     SentFrame,
+    Typing,
     Welcome,
     decode_client_frame,
     encode,
@@ -51,29 +53,46 @@ _MAX_READ_BACKOFF_S = 0.5
 
 
 class Outbox:
-    """Frames waiting for the writer, bounded in bytes: producers wait while it is full."""
+    """Frames waiting for the writer, bounded in bytes: producers wait while it is full
+    (:meth:`put`), or drop what can be lost (:meth:`offer`)."""
 
     def __init__(self, max_bytes: int) -> None:
         self._frames: deque[str] = deque()
         self._bytes = 0
         self._max = max_bytes
-        self._changed = asyncio.Condition()
+        self._nonempty = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
 
     async def put(self, frame: str) -> None:
-        async with self._changed:
-            # One frame larger than the bound is still let through on an empty outbox.
-            await self._changed.wait_for(lambda: self._bytes < self._max)
-            self._frames.append(frame)
-            self._bytes += len(frame)
-            self._changed.notify_all()
+        # One frame larger than the bound is still let through on an empty outbox.
+        while self._bytes >= self._max:
+            self._space.clear()
+            await self._space.wait()
+        self._append(frame)
+
+    def offer(self, frame: str) -> bool:
+        """Queue a frame if there is room, else drop it (ephemeral events: a slow client
+        misses a typing indicator rather than holding anything up)."""
+        if self._bytes >= self._max:
+            return False
+        self._append(frame)
+        return True
+
+    def _append(self, frame: str) -> None:
+        self._frames.append(frame)
+        self._bytes += len(frame)
+        self._nonempty.set()
 
     async def get(self) -> str:
-        async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._frames))
-            frame = self._frames.popleft()
-            self._bytes -= len(frame)
-            self._changed.notify_all()
-            return frame
+        while not self._frames:
+            self._nonempty.clear()
+            await self._nonempty.wait()
+        frame = self._frames.popleft()
+        self._bytes -= len(frame)
+        if self._bytes < self._max:
+            self._space.set()
+        return frame
 
 
 class Connection:
@@ -91,6 +110,9 @@ class Connection:
         self._closed = False
         self._closer: asyncio.Future[None] | None = None
         self._kind = kind
+        self._typing_bucket = TokenBucket(
+            chat.clock, self._limits.typing_per_s, self._limits.typing_burst
+        )
         self._attached = False
 
     @property
@@ -143,6 +165,14 @@ class Connection:
             self._feed_task = self._spawn(self._feed_loop(frame.cursor))
         elif isinstance(frame, Ping):
             await self._outbox.put(encode(Pong()))
+        elif isinstance(frame, Typing):
+            if not self._typing_bucket.take():
+                metrics.EVENTS_DROPPED.labels("typing_rate").inc()
+                return
+            try:
+                await self._chat.events.typing(self.user, frame.conv, frame.state)
+            except ChatError as err:
+                await self._reply_error(err)
         elif isinstance(frame, GetHistory | GetConversations):
             # Reads run beside the frame loop (they wait on the store); answers carry ``ref``.
             _ = self._spawn(self._answer_read(frame))
@@ -251,7 +281,11 @@ class Connection:
             feed.on_live(entry)
             wake.set()
 
-        unwatch = await inbox.watch(self.user, on_live)
+        def on_event(event: bytes) -> None:
+            if not self._outbox.offer(event.decode()):
+                metrics.EVENTS_DROPPED.labels("slow_client").inc()
+
+        unwatch = await inbox.watch(self.user, on_live, on_event)
         try:
             need_read, caught_up, backoff = True, False, 0.0
             batch = self._limits.replay_batch

@@ -18,4 +18,7 @@ ARCHIVER_LAG = Gauge(
     "jetchat_archiver_lag_messages",
     "Inbox messages not yet archived (pending + unacknowledged on the archiver consumer)",
 )
+EVENTS_DROPPED = Counter(
+    "jetchat_events_dropped_total", "Ephemeral events dropped (rate limit, slow client)", ["reason"]
+)
 SLOW_CONSUMERS = Counter("jetchat_slow_consumers_total", "Connections closed as slow consumers")

@@ -203,11 +203,19 @@ class InboxLog(Protocol):
         ...
 
     async def watch(
-        self, user: str, on_entry: Callable[[InboxEntry], None]
+        self,
+        user: str,
+        on_entry: Callable[[InboxEntry], None],
+        on_event: Callable[[bytes], None],
     ) -> Callable[[], Awaitable[None]]:
         """Call ``on_entry`` for each entry appended to the user's inbox from now on (at most
-        once, in order; entries may be missed, which ``prev_seq`` reveals). Returns the async
-        function that stops watching."""
+        once, in order; entries may be missed, which ``prev_seq`` reveals), and ``on_event``
+        for each event :meth:`notify` sends the user. Returns the function that stops."""
+        ...
+
+    async def notify(self, users: Sequence[str], event: bytes) -> None:
+        """Send an ephemeral event (a server frame, JSON) to every connected device of each
+        user, on any process. At most once, never stored: nobody listening, nobody gets it."""
         ...
 
 

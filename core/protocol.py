@@ -62,7 +62,14 @@ class GetConversations(
     limit: int = 500
 
 
-ClientFrame = Hello | Send | Ack | Ping | GetHistory | GetConversations
+class Typing(msgspec.Struct, tag="typing", tag_field="type", forbid_unknown_fields=True):
+    """I am typing in ``conv`` ("start", repeated every few seconds) or stopped ("stop")."""
+
+    conv: str
+    state: str
+
+
+ClientFrame = Hello | Send | Ack | Ping | GetHistory | GetConversations | Typing
 
 _client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
 
@@ -140,6 +147,16 @@ class Conversations(msgspec.Struct, tag="conversations", tag_field="type"):
     conversations: list[ConversationSummary]
 
 
+class TypingEvent(msgspec.Struct, tag="typing", tag_field="type"):
+    """``user`` is typing in ``conv`` (show it for ``expires_in_ms`` unless refreshed) or
+    stopped. Ephemeral: never stored, never replayed."""
+
+    conv: str
+    user: str
+    state: str
+    expires_in_ms: int
+
+
 class MsgFrame(msgspec.Struct, tag="msg", tag_field="type"):
     """An inbox message; ``seq`` is the cursor to resume after it. The server builds it with
     :func:`encode_msg`; clients decode it with :data:`server_frame_decoder`."""
@@ -149,7 +166,15 @@ class MsgFrame(msgspec.Struct, tag="msg", tag_field="type"):
 
 
 ServerFrame = (
-    Welcome | CaughtUp | ResyncNeeded | SentFrame | ErrorFrame | Pong | HistoryPage | Conversations
+    Welcome
+    | CaughtUp
+    | ResyncNeeded
+    | SentFrame
+    | ErrorFrame
+    | Pong
+    | HistoryPage
+    | Conversations
+    | TypingEvent
 )
 server_frame_decoder = msgspec.json.Decoder(ServerFrame | MsgFrame)
 

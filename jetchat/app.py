@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from core.accounts import Accounts
 from core.chat import Chat
+from core.events import Events
 from core.groups import Groups
 from core.history import History
 from core.ids import MessageIds
@@ -101,6 +102,8 @@ class Services:
             cursors,
             settings.limits,
             groups,
+            Events(inbox, group_store),
+            clock,
         )
         await revocations.subscribe(chat.device_revoked)
         return cls(settings, nc, js, pool, chat, history_store, closers)

@@ -35,6 +35,7 @@ from core.protocol import (
     MsgFrame,
     ResyncNeeded,
     SentFrame,
+    TypingEvent,
     server_frame_decoder,
 )
 
@@ -127,6 +128,7 @@ class ChatClient:
         self._seen: set[str] = set()
         self._pending: dict[str, tuple[bytes, asyncio.Future[Sent]]] = {}
         self._requests: dict[str, asyncio.Future[object]] = {}
+        self._events: asyncio.Queue[object] = asyncio.Queue()
         self._ws: ClientConnection | None = None
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
@@ -199,6 +201,17 @@ class ChatClient:
             return await asyncio.wait_for(future, timeout)
         finally:
             self._requests.pop(ref, None)
+
+    async def typing(self, conv: str, state: str = "start") -> None:
+        """Tell the conversation's other members I am typing (fire-and-forget)."""
+        if self._ws is not None:
+            frame = _encode({"type": "typing", "conv": conv, "state": state}).decode()
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._ws.send(frame)
+
+    async def next_event(self, timeout: float = 10) -> object:
+        """The next ephemeral event (typing, receipt, presence)."""
+        return await asyncio.wait_for(self._events.get(), timeout)
 
     async def send_raw(self, frame: str | bytes) -> None:
         """Send any frame as is (for tests of bad input)."""
@@ -297,6 +310,8 @@ class ChatClient:
                     pending_ack = 0
                     await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
                 self.caught_up.set()
+            elif isinstance(frame, TypingEvent):
+                self._events.put_nowait(frame)
             elif isinstance(frame, ResyncNeeded):
                 self.resync_needed = frame
                 if self.catch_up_from_history:

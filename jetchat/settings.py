@@ -55,6 +55,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     close_timeout_s: float = 10.0
     max_inflight_sends: int = 256
     cursor_flush_s: float = 1.0
+    typing_per_s: float = 1.0
+    typing_burst: int = 5
 
     # JetStream (see jetstream.streams.JetStreamSettings)
     inbox_retention_s: float = 30 * DAY_S

@@ -24,7 +24,7 @@ class _Watchers:
 
     def __init__(self) -> None:
         self.sub: Subscription | None = None
-        self.callbacks: list[Callable[[InboxEntry], None]] = []
+        self.callbacks: list[tuple[Callable[[InboxEntry], None], Callable[[bytes], None]]] = []
 
 
 class JetStreamInbox:
@@ -105,32 +105,46 @@ class JetStreamInbox:
         state = (await self._js.stream_info(self._s.inbox_stream)).state
         return state.first_seq, state.last_seq
 
+    async def notify(self, users: Sequence[str], event: bytes) -> None:
+        for user in users:
+            await self._nc.publish(f"{self._s.live_prefix}.event.{user}", event)
+
     async def watch(
-        self, user: str, on_entry: Callable[[InboxEntry], None]
+        self,
+        user: str,
+        on_entry: Callable[[InboxEntry], None],
+        on_event: Callable[[bytes], None],
     ) -> Callable[[], Awaitable[None]]:
         async with self._watch_lock:
             watchers = self._watchers.get(user)
             if watchers is None:
                 watchers = self._watchers[user] = _Watchers()
+                inbox_prefix = f"{self._s.live_prefix}.inbox."
 
                 async def dispatch(msg: Msg) -> None:
+                    if not msg.subject.startswith(inbox_prefix):
+                        for _, event_callback in list(watchers.callbacks):
+                            event_callback(msg.data)
+                        return
                     headers = msg.headers or {}
                     entry = InboxEntry(
                         int(headers["Nats-Sequence"]),
                         int(headers.get("Nats-Last-Sequence", 0)),
                         msg.data,
                     )
-                    for callback in list(watchers.callbacks):
-                        callback(entry)
+                    for entry_callback, _ in list(watchers.callbacks):
+                        entry_callback(entry)
 
+                # one subscription for both: chat.live.inbox.<user> and chat.live.event.<user>
                 watchers.sub = await self._nc.subscribe(
-                    f"{self._s.live_subject}.{user}", cb=dispatch
+                    f"{self._s.live_prefix}.*.{user}", cb=dispatch
                 )
-            watchers.callbacks.append(on_entry)
+            callbacks = (on_entry, on_event)
+            watchers.callbacks.append(callbacks)
 
         async def unwatch() -> None:
             async with self._watch_lock:
-                watchers.callbacks.remove(on_entry)
+                watchers.callbacks.remove(callbacks)
                 if not watchers.callbacks and self._watchers.get(user) is watchers:
                     del self._watchers[user]
                     if watchers.sub is not None:

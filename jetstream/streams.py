@@ -39,7 +39,9 @@ DAY_S = 86_400
 class JetStreamSettings(msgspec.Struct, frozen=True):
     inbox_stream: str = "CHAT_INBOX"
     inbox_subject: str = "chat.inbox"
-    live_subject: str = "chat.live.inbox"
+    live_prefix: str = "chat.live"
+    """``<prefix>.inbox.<user>``: RePublished inbox messages; ``<prefix>.event.<user>``:
+    ephemeral events (typing, presence, receipts) for the user's connected devices."""
     inbox_retention_s: float = 30 * DAY_S
     """How long an inbox keeps messages. Devices away longer get ``resync_needed``."""
     duplicate_window_s: float = 120.0
@@ -73,7 +75,7 @@ def inbox_stream_config(s: JetStreamSettings) -> StreamConfig:
         duplicate_window=min(s.duplicate_window_s, s.inbox_retention_s),  # JetStream requires it
         num_replicas=s.replicas,
         allow_direct=True,
-        republish=RePublish(src=f"{s.inbox_subject}.>", dest=f"{s.live_subject}.>"),
+        republish=RePublish(src=f"{s.inbox_subject}.>", dest=f"{s.live_prefix}.inbox.>"),
     )
 
 

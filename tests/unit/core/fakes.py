@@ -10,6 +10,7 @@ import msgspec
 
 from core.accounts import Accounts
 from core.chat import Chat, Limits
+from core.events import Events
 from core.groups import Groups
 from core.history import History
 from core.ids import MessageIds
@@ -91,8 +92,14 @@ class MemoryInbox:
     async def bounds(self) -> tuple[int, int]:
         return (1, len(self.entries)) if self.entries else (0, 0)
 
+    async def notify(self, users: Sequence[str], event: bytes) -> None:
+        pass
+
     async def watch(
-        self, user: str, on_entry: Callable[[InboxEntry], None]
+        self,
+        user: str,
+        on_entry: Callable[[InboxEntry], None],
+        on_event: Callable[[bytes], None],
     ) -> Callable[[], Awaitable[None]]:
         self.watchers.setdefault(user, []).append(on_entry)
 
@@ -209,5 +216,7 @@ def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAc
         MemoryCursors(),
         limits or Limits(),
         Groups(groups, messaging, accounts, clock, 100),
+        Events(inbox, groups),
+        clock,
     )
     return chat, inbox, accounts_store

@@ -1,0 +1,71 @@
+"""Ephemeral events between members of a conversation: typing now, receipts and presence
+notices too. Never stored: a device that is not connected never sees them."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from core.errors import ChatError, ErrorCode
+from core.model import conversation_members
+from core.ports import Clock, GroupStore, InboxLog
+from core.protocol import TypingEvent
+
+TYPING_SHOWN_MS = 5_000
+"""How long a client shows "typing…" after a start event unless another one refreshes it
+(clients send start again every few seconds while the user types)."""
+_MEMBERS_CACHE_S = 5.0
+"""Group members are cached this long for typing; a member added or removed meanwhile is
+missed or still told for up to this long, which is fine for an indicator."""
+
+
+class TokenBucket:
+    """``rate`` events per second on average, bursts of ``burst``; the clock is injected."""
+
+    def __init__(self, clock: Clock, rate: float, burst: int) -> None:
+        self._clock = clock
+        self._rate = rate / 1000  # per ms
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._at = clock.now_ms()
+
+    def take(self) -> bool:
+        now = self._clock.now_ms()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+class Events:
+    def __init__(self, inbox: InboxLog, groups: GroupStore) -> None:
+        self._inbox = inbox
+        self._groups = groups
+        self._members: dict[str, tuple[float, list[str]]] = {}
+
+    async def members(self, user: str, conv: str) -> list[str]:
+        """The conversation's members now, if ``user`` is one (else ChatError FORBIDDEN)."""
+        if conv.startswith("dm."):
+            members = list(conversation_members(conv))
+        elif conv.startswith("group."):
+            cached = self._members.get(conv)
+            if cached is None or cached[0] < time.monotonic():
+                found = await self._groups.members(conv.removeprefix("group."))
+                cached = (time.monotonic() + _MEMBERS_CACHE_S, [m.user_id for m in found])
+                self._members[conv] = cached
+            members = cached[1]
+        else:
+            members = []
+        if user not in members:
+            raise ChatError(ErrorCode.FORBIDDEN, "you are not a member of this conversation")
+        return members
+
+    async def typing(self, user: str, conv: str, state: str) -> None:
+        if state not in ("start", "stop"):
+            raise ChatError(ErrorCode.INVALID_ARGUMENT, 'state is "start" or "stop"')
+        others = [m for m in await self.members(user, conv) if m != user]
+        event = TypingEvent(conv, user, state, TYPING_SHOWN_MS if state == "start" else 0)
+        await self._inbox.notify(others, msgspec.json.encode(event))
