@@ -13,6 +13,7 @@ from core.groups import Groups
 from core.history import History
 from core.messaging import Messaging
 from core.ports import Clock, CursorStore, InboxLog
+from core.receipts import Receipts
 
 if TYPE_CHECKING:
     from core.connection import Connection
@@ -60,12 +61,14 @@ class Chat:
         groups: Groups,
         events: Events,
         clock: Clock,
+        receipts: Receipts,
     ) -> None:
         self.accounts = accounts
         self.messaging = messaging
         self.history = history
         self.groups = groups
         self.events = events
+        self.receipts = receipts
         self.clock = clock
         self.inbox = inbox
         self.cursors = cursors

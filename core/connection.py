@@ -14,6 +14,8 @@ import logging
 from collections import deque
 from collections.abc import Coroutine
 
+import msgspec
+
 from core import metrics
 from core.chat import Chat
 from core.errors import ChatError, ErrorCode
@@ -29,10 +31,13 @@ from core.protocol import (
     Conversations,
     GetConversations,
     GetHistory,
+    GetReceipts,
     Hello,
     HistoryPage,
     Ping,
     Pong,
+    Read,
+    Receipts,
     ResyncNeeded,
     Send,
     SentFrame,
@@ -50,6 +55,18 @@ CLOSE_SLOW_CONSUMER = 4008  # the client did not read its frames in time: reconn
 SEND_BATCH = 64  # sends taken from the queue per write to JetStream
 
 _MAX_READ_BACKOFF_S = 0.5
+_TRACKED_DELIVERIES = 20_000
+
+
+class _Head(msgspec.Struct):
+    """The fields of a stored message that receipts need (the rest is not decoded)."""
+
+    id: str = ""
+    conv: str = ""
+    sender: str = ""
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
 
 
 class Outbox:
@@ -110,6 +127,9 @@ class Connection:
         self._closed = False
         self._closer: asyncio.Future[None] | None = None
         self._kind = kind
+        # (seq, conv, id, sender) of messages sent and not yet acknowledged; bounded: beyond
+        # it the oldest go without a delivered receipt (the read receipt still comes)
+        self._delivered: deque[tuple[int, str, str, str]] = deque(maxlen=_TRACKED_DELIVERIES)
         self._typing_bucket = TokenBucket(
             chat.clock, self._limits.typing_per_s, self._limits.typing_burst
         )
@@ -173,7 +193,12 @@ class Connection:
                 await self._chat.events.typing(self.user, frame.conv, frame.state)
             except ChatError as err:
                 await self._reply_error(err)
-        elif isinstance(frame, GetHistory | GetConversations):
+        elif isinstance(frame, Read):
+            try:
+                await self._chat.receipts.read(self.user, frame.conv, frame.up_to)
+            except ChatError as err:
+                await self._reply_error(err)
+        elif isinstance(frame, GetHistory | GetConversations | GetReceipts):
             # Reads run beside the frame loop (they wait on the store); answers carry ``ref``.
             _ = self._spawn(self._answer_read(frame))
 
@@ -261,6 +286,27 @@ class Connection:
         if acked > self._flushed:
             await self._chat.cursors.put(self.user, self.device.id, acked)
             self._flushed = acked
+            await self._chat.receipts.delivered(self.user, self._take_delivered(acked))
+
+    def _track(self, entry: InboxEntry) -> None:
+        """Remember what was sent to the client, to turn its acks into delivered receipts."""
+        head = _decode_head(entry.data)
+        if head.sender != self.user and head.conv:
+            self._delivered.append((entry.seq, head.conv, head.id, head.sender))
+
+    def _take_delivered(self, acked: int) -> dict[str, tuple[str, set[str]]]:
+        """Per conversation, the greatest message id acknowledged and who sent them."""
+        out: dict[str, tuple[str, set[str]]] = {}
+        while self._delivered and self._delivered[0][0] <= acked:
+            _, conv, msg_id, sender = self._delivered.popleft()
+            up_to, senders = out.get(conv, ("", set()))
+            senders.add(sender)
+            out[conv] = (max(up_to, msg_id), senders)
+        return out
+
+    async def _deliver(self, entry: InboxEntry) -> None:
+        self._track(entry)
+        await self._outbox.put(encode_msg(entry.seq, entry.data))
 
     async def _feed_loop(self, cursor: int | None) -> None:
         inbox = self._chat.inbox
@@ -294,12 +340,12 @@ class Connection:
                 if need_read:
                     entries = await inbox.read(self.user, feed.position, batch)
                     for entry in feed.on_read(entries):
-                        await self._outbox.put(encode_msg(entry.seq, entry.data))
+                        await self._deliver(entry)
                     if len(entries) >= batch:
                         continue
                 live, need_read = feed.take_live()
                 for entry in live:
-                    await self._outbox.put(encode_msg(entry.seq, entry.data))
+                    await self._deliver(entry)
                 if need_read:
                     # A live entry names a predecessor that the read did not return yet (a
                     # replica lagging behind the leader): wait a little and read again, never
@@ -318,10 +364,13 @@ class Connection:
         finally:
             await unwatch()
 
-    async def _answer_read(self, frame: GetHistory | GetConversations) -> None:
+    async def _answer_read(self, frame: GetHistory | GetConversations | GetReceipts) -> None:
         history = self._chat.history
         try:
-            if isinstance(frame, GetHistory):
+            if isinstance(frame, GetReceipts):
+                states = await self._chat.receipts.states(self.user, frame.conv)
+                answer: str = encode(Receipts(frame.ref, frame.conv, states))
+            elif isinstance(frame, GetHistory):
                 messages = await history.page(
                     self.user,
                     frame.conv,
@@ -330,9 +379,9 @@ class Connection:
                     around=frame.around,
                     limit=frame.limit,
                 )
-                answer: str = encode(HistoryPage(frame.ref, frame.conv, messages))
+                answer = encode(HistoryPage(frame.ref, frame.conv, messages))
             else:
-                summaries = await history.conversations(self.user, frame.limit)
+                summaries = await self._chat.receipts.conversations(self.user, frame.limit)
                 answer = encode(Conversations(frame.ref, summaries))
         except ChatError as err:
             answer = error_frame(err, frame.ref)

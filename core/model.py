@@ -49,11 +49,23 @@ class ChatMessage(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class ConversationSummary(msgspec.Struct, frozen=True):
-    """A conversation a user takes part in, with its newest archived message."""
+    """A conversation a user takes part in, with its newest archived message, how far the
+    user has read it, and how many messages from others are unread (counted up to 100)."""
 
     conv: str
     last_id: str
     last_ts: int
+    read_up_to: str = ""
+    unread: int = 0
+
+
+class ReceiptState(msgspec.Struct, frozen=True):
+    """How far one member got in a conversation: every message with an id up to
+    ``delivered`` reached one of their devices, up to ``read`` they have read ("" : none)."""
+
+    user: str
+    delivered: str = ""
+    read: str = ""
 
 
 def conversation_members(conv: str) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from core.model import (
     Group,
     Member,
     MembershipPeriod,
+    ReceiptState,
     SendRecord,
     User,
 )
@@ -165,6 +166,23 @@ class GroupLog(Protocol):
         writer came first (read :meth:`last` again and retry). Returns the entry's sequence
         and its stored bytes: those of the first write if ``dedupe_key`` was written within
         the duplicate window (a resend)."""
+        ...
+
+
+class ReceiptStore(Protocol):
+    """Delivered and read marks per (conversation, member), shared by every process."""
+
+    async def advance(
+        self, conv: str, user: str, delivered: str | None, read: str | None
+    ) -> ReceiptState | None:
+        """Move the marks forward, never back (an atomic compare-and-set, retried). Returns
+        the new state if a mark moved, else None."""
+        ...
+
+    async def get(self, conv: str, user: str) -> ReceiptState: ...
+
+    async def all(self, conv: str) -> list[ReceiptState]:
+        """Every member's marks in the conversation (members without any: absent)."""
         ...
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from core.errors import ChatError, ErrorCode
-from core.model import ChatMessage, ConversationSummary
+from core.model import ChatMessage, ConversationSummary, ReceiptState
 
 PROTOCOL_VERSION = 1
 
@@ -69,7 +69,24 @@ class Typing(msgspec.Struct, tag="typing", tag_field="type", forbid_unknown_fiel
     state: str
 
 
-ClientFrame = Hello | Send | Ack | Ping | GetHistory | GetConversations | Typing
+class Read(msgspec.Struct, tag="read", tag_field="type", forbid_unknown_fields=True):
+    """I have read ``conv`` up to message ``up_to`` (marks every device of mine, tells the
+    members)."""
+
+    conv: str
+    up_to: str
+
+
+class GetReceipts(msgspec.Struct, tag="receipts", tag_field="type", forbid_unknown_fields=True):
+    """Every member's delivered and read marks in ``conv``."""
+
+    ref: str
+    conv: str
+
+
+ClientFrame = (
+    Hello | Send | Ack | Ping | GetHistory | GetConversations | Typing | Read | GetReceipts
+)
 
 _client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
 
@@ -157,6 +174,25 @@ class TypingEvent(msgspec.Struct, tag="typing", tag_field="type"):
     expires_in_ms: int
 
 
+class ReceiptEvent(msgspec.Struct, tag="receipt", tag_field="type"):
+    """``user``'s marks in ``conv`` moved: delivered (a device of theirs has every message up
+    to that id) and read (they read up to that id). Live only; the current state is always
+    available with a ``receipts`` request."""
+
+    conv: str
+    user: str
+    delivered: str
+    read: str
+
+
+class Receipts(msgspec.Struct, tag="receipts", tag_field="type"):
+    """Answer to ``receipts``: every member's marks (in a group: counted per member)."""
+
+    ref: str
+    conv: str
+    states: list[ReceiptState]
+
+
 class MsgFrame(msgspec.Struct, tag="msg", tag_field="type"):
     """An inbox message; ``seq`` is the cursor to resume after it. The server builds it with
     :func:`encode_msg`; clients decode it with :data:`server_frame_decoder`."""
@@ -175,6 +211,8 @@ ServerFrame = (
     | HistoryPage
     | Conversations
     | TypingEvent
+    | ReceiptEvent
+    | Receipts
 )
 server_frame_decoder = msgspec.json.Decoder(ServerFrame | MsgFrame)
 

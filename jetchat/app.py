@@ -30,6 +30,7 @@ from core.history import History
 from core.ids import MessageIds
 from core.messaging import Messaging
 from core.ports import HistoryStore
+from core.receipts import Receipts
 from frontends.http.routes import exception_handlers, route_handlers
 from frontends.ws.handler import WsSettings, ws_handler
 from jetchat.settings import Settings
@@ -38,6 +39,7 @@ from jetstream.archiver import Archiver
 from jetstream.group_log import JetStreamGroupLog
 from jetstream.inbox import JetStreamInbox
 from jetstream.kv import KvCursorStore, KvSendLedger
+from jetstream.receipts import KvReceiptStore
 from jetstream.revocations import NatsRevocationBus
 from storage.postgres import PostgresAccountStore, migrate, open_pool
 from storage.postgres_groups import PostgresGroupStore
@@ -94,16 +96,24 @@ class Services:
         )
         groups = Groups(group_store, messaging, accounts, clock, settings.max_group_members)
         history_store, closers = await open_history_store(settings, pool)
+        history = History(history_store, group_store)
+        events = Events(inbox, group_store)
+        receipt_store = KvReceiptStore(
+            await js.key_value(settings.jetstream.receipts_bucket),
+            settings.jetstream.receipts_bucket,
+            inbox,
+        )
         chat = Chat(
             accounts,
             messaging,
-            History(history_store, group_store),
+            history,
             inbox,
             cursors,
             settings.limits,
             groups,
-            Events(inbox, group_store),
+            events,
             clock,
+            Receipts(receipt_store, events, inbox, history),
         )
         await revocations.subscribe(chat.device_revoked)
         return cls(settings, nc, js, pool, chat, history_store, closers)

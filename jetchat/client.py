@@ -26,13 +26,15 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from core.history import FIRST_ID, MAX_PAGE
-from core.model import ChatMessage, Sent
+from core.model import ChatMessage, ReceiptState, Sent
 from core.protocol import (
     CaughtUp,
     Conversations,
     ErrorFrame,
     HistoryPage,
     MsgFrame,
+    ReceiptEvent,
+    Receipts,
     ResyncNeeded,
     SentFrame,
     TypingEvent,
@@ -209,6 +211,19 @@ class ChatClient:
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._ws.send(frame)
 
+    async def read(self, conv: str, up_to: str) -> None:
+        """I read ``conv`` up to message ``up_to`` (fire-and-forget; errors come as frames)."""
+        if self._ws is not None:
+            frame = _encode({"type": "read", "conv": conv, "up_to": up_to}).decode()
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._ws.send(frame)
+
+    async def receipts(self, conv: str, timeout: float = 10) -> list[ReceiptState]:
+        """Every member's delivered and read marks in ``conv``, now."""
+        answer = await self._request({"type": "receipts", "conv": conv}, timeout)
+        assert isinstance(answer, Receipts)
+        return answer.states
+
     async def next_event(self, timeout: float = 10) -> object:
         """The next ephemeral event (typing, receipt, presence)."""
         return await asyncio.wait_for(self._events.get(), timeout)
@@ -300,7 +315,7 @@ class ChatClient:
                     request.set_exception(ApiError(0, frame.code, frame.message))
                 else:
                     self.errors.append(frame)
-            elif isinstance(frame, HistoryPage | Conversations):
+            elif isinstance(frame, HistoryPage | Conversations | Receipts):
                 request = self._requests.get(frame.ref)
                 if request and not request.done():
                     request.set_result(frame)
@@ -310,7 +325,7 @@ class ChatClient:
                     pending_ack = 0
                     await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
                 self.caught_up.set()
-            elif isinstance(frame, TypingEvent):
+            elif isinstance(frame, TypingEvent | ReceiptEvent):
                 self._events.put_nowait(frame)
             elif isinstance(frame, ResyncNeeded):
                 self.resync_needed = frame

@@ -32,7 +32,6 @@ class JetStreamInbox:
         self._nc = nc
         self._js = js
         self._s = settings
-        self._direct_get = f"$JS.API.DIRECT.GET.{settings.inbox_stream}"
         self._reply_prefix = ""
         self._replies: dict[str, asyncio.Queue[Msg]] = {}
         self._watchers: dict[str, _Watchers] = {}
@@ -71,33 +70,41 @@ class JetStreamInbox:
             ) from None
 
     async def read(self, user: str, after_seq: int, limit: int) -> list[InboxEntry]:
-        """A batched direct get (ADR-31): no consumer, answered by any replica."""
-        token = self._nc._nuid.next().decode()
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._replies[token] = queue
         request = {"seq": after_seq + 1, "next_by_subj": self.subject(user), "batch": limit}
         entries: list[InboxEntry] = []
         prev = after_seq
+        for msg in await self.direct_batch(self._s.inbox_stream, request):
+            seq = int((msg.headers or {})["Nats-Sequence"])
+            entries.append(InboxEntry(seq, prev, msg.data))
+            prev = seq
+        return entries
+
+    async def direct_batch(self, stream: str, request: dict[str, object]) -> list[Msg]:
+        """A batched direct get (ADR-31) on any stream: no consumer, answered by any replica.
+        nats-py has no helper for it: the replies come to our reply prefix until a 204 (end
+        of batch) or 404 (nothing matched)."""
+        token = self._nc._nuid.next().decode()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._replies[token] = queue
+        out: list[Msg] = []
         try:
             await self._nc.publish(
-                self._direct_get, _json.encode(request), reply=f"{self._reply_prefix}.{token}"
+                f"$JS.API.DIRECT.GET.{stream}",
+                _json.encode(request),
+                reply=f"{self._reply_prefix}.{token}",
             )
             async with asyncio.timeout(self._s.read_timeout_s):
                 while True:
                     msg = await queue.get()
-                    headers = msg.headers or {}
-                    status = headers.get("Status")
-                    if status is not None:
-                        if status in ("204", "404"):  # end of batch / nothing after after_seq
-                            return entries
-                        raise ChatError(
-                            ErrorCode.UNAVAILABLE, f"inbox read failed: status {status}"
-                        )
-                    seq = int(headers["Nats-Sequence"])
-                    entries.append(InboxEntry(seq, prev, msg.data))
-                    prev = seq
+                    status = (msg.headers or {}).get("Status")
+                    if status is None:
+                        out.append(msg)
+                    elif status in ("204", "404"):
+                        return out
+                    else:
+                        raise ChatError(ErrorCode.UNAVAILABLE, f"read failed: status {status}")
         except TimeoutError:
-            raise ChatError(ErrorCode.UNAVAILABLE, "inbox read timed out; retry") from None
+            raise ChatError(ErrorCode.UNAVAILABLE, "read timed out; retry") from None
         finally:
             del self._replies[token]
 

@@ -12,6 +12,7 @@ Operators see these with the ``nats`` CLI (docs/operations.md):
   writers from any process line up) and is then copied into each member's inbox.
 - KV bucket ``chat_sends``: ``<user>.<sha256(client id)>`` -> the original send result.
 - KV bucket ``chat_cursors``: ``<user>.<device>`` -> the device's acked inbox sequence.
+- KV bucket ``chat_receipts``: ``<conv>.<user>`` -> how far the member got (delivered, read).
 - durable consumer ``archiver`` on ``CHAT_INBOX``: the history archiver's position. Every
   archiver process pulls from it, so they share the work; a message is acknowledged only after
   the history store has it.
@@ -55,6 +56,7 @@ class JetStreamSettings(msgspec.Struct, frozen=True):
     sends_ttl_s: float = DAY_S
     """How long a resend with the same client message id returns the original result."""
     cursors_bucket: str = "chat_cursors"
+    receipts_bucket: str = "chat_receipts"
     publish_timeout_s: float = 5.0
     """Longest wait for JetStream to acknowledge a write before the send fails (retryable)."""
     read_timeout_s: float = 5.0
@@ -114,10 +116,12 @@ async def ensure(js: JetStreamContext, s: JetStreamSettings) -> None:
         except BadRequestError:  # exists with another config: bring it to ours
             await js.update_stream(config)
     await js.add_consumer(s.inbox_stream, archiver_consumer_config(s))
-    for bucket, ttl in (
+    buckets: tuple[tuple[str, float | None], ...] = (
         (s.sends_bucket, s.sends_ttl_s),
         (s.cursors_bucket, s.inbox_retention_s + DAY_S),
-    ):
+        (s.receipts_bucket, None),  # marks are kept as long as the history they point into
+    )
+    for bucket, ttl in buckets:
         kv_config = KeyValueConfig(
             bucket=bucket, history=1, ttl=ttl, replicas=s.replicas, direct=True
         )

@@ -14,7 +14,7 @@ from core.errors import ChatError, ErrorCode
 from core.groups import GroupInfo
 from core.history import MAX_CONVERSATIONS, MAX_PAGE
 from core.messaging import SendRequest
-from core.model import ChatMessage, ConversationSummary, Device, Group, Sent
+from core.model import ChatMessage, ConversationSummary, Device, Group, ReceiptState, Sent
 from frontends.auth import bearer_token
 from frontends.errors import error_body
 
@@ -117,6 +117,10 @@ class MessagesController(Controller):
         return await chat.messaging.send(device.user_id, device.id, request)
 
 
+class ReadBody(msgspec.Struct, frozen=True):
+    up_to: str
+
+
 class HistoryPageBody(msgspec.Struct, frozen=True):
     conv: str
     messages: list[ChatMessage]
@@ -130,11 +134,23 @@ class ConversationsController(Controller):
         "device": Provide(provide_device),
     }
 
-    @get("/", summary="My conversations, most recent first")
+    @get("/", summary="My conversations, most recent first, with read marks and unread counts")
     async def conversations(
         self, chat: Chat, device: Device, limit: int = MAX_CONVERSATIONS
     ) -> list[ConversationSummary]:
-        return await chat.history.conversations(device.user_id, limit)
+        return await chat.receipts.conversations(device.user_id, limit)
+
+    @post(
+        "/{conv:str}/read",
+        summary="Mark read up to a message (on all my devices; members are told)",
+        status_code=200,
+    )
+    async def read(self, chat: Chat, device: Device, conv: str, data: ReadBody) -> ReceiptState:
+        return await chat.receipts.read(device.user_id, conv, data.up_to)
+
+    @get("/{conv:str}/receipts", summary="Every member's delivered and read marks")
+    async def receipts(self, chat: Chat, device: Device, conv: str) -> list[ReceiptState]:
+        return await chat.receipts.states(device.user_id, conv)
 
     @get(
         "/{conv:str}/messages",

@@ -133,7 +133,15 @@ async def test_history_api_for_members_only(spawn, history_backend):
         ).json()
         assert [m["text"] for m in page["messages"]] == ["m13", "m14", "m15", "m16", "m17"]
         convs = (await http.get("/v1/conversations", headers=auth)).json()
-        assert convs == [{"conv": conv, "last_id": sent[-1].id, "last_ts": sent[-1].ts}]
+        assert convs == [
+            {
+                "conv": conv,
+                "last_id": sent[-1].id,
+                "last_ts": sent[-1].ts,
+                "read_up_to": "",
+                "unread": 0,  # alice wrote them all
+            }
+        ]
         resp = await http.get(
             f"/v1/conversations/{conv}/messages", headers={"authorization": f"Bearer {eve_token}"}
         )

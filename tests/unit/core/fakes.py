@@ -15,8 +15,9 @@ from core.groups import Groups
 from core.history import History
 from core.ids import MessageIds
 from core.messaging import Messaging
-from core.model import ChatMessage, ConversationSummary, Device, SendRecord, User
+from core.model import ChatMessage, ConversationSummary, Device, ReceiptState, SendRecord, User
 from core.ports import InboxEntry
+from core.receipts import Receipts
 
 
 class FakeClock:
@@ -177,6 +178,27 @@ class NoGroupLog:
     pass
 
 
+class MemoryReceipts:
+    def __init__(self) -> None:
+        self.marks: dict[tuple[str, str], ReceiptState] = {}
+
+    async def advance(
+        self, conv: str, user: str, delivered: str | None, read: str | None
+    ) -> ReceiptState | None:
+        old = self.marks.get((conv, user), ReceiptState(user))
+        new = ReceiptState(user, max(old.delivered, delivered or ""), max(old.read, read or ""))
+        if new == old:
+            return None
+        self.marks[(conv, user)] = new
+        return new
+
+    async def get(self, conv: str, user: str) -> ReceiptState:
+        return self.marks.get((conv, user), ReceiptState(user))
+
+    async def all(self, conv: str) -> list[ReceiptState]:
+        return [s for (c, _), s in sorted(self.marks.items()) if c == conv]
+
+
 class NoRevocations:
     async def publish(self, device_id: str) -> None:
         pass
@@ -208,15 +230,18 @@ def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAc
     messaging = Messaging(
         accounts, inbox, MemoryLedger(), MessageIds(clock), 100_000, groups, NoGroupLog()
     )
+    history = History(MemoryHistory(), groups)
+    events = Events(inbox, groups)
     chat = Chat(
         accounts,
         messaging,
-        History(MemoryHistory(), groups),
+        history,
         inbox,
         MemoryCursors(),
         limits or Limits(),
         Groups(groups, messaging, accounts, clock, 100),
-        Events(inbox, groups),
+        events,
         clock,
+        Receipts(MemoryReceipts(), events, inbox, history),
     )
     return chat, inbox, accounts_store

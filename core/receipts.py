@@ -1,0 +1,71 @@
+"""Delivered and read receipts, and unread counts.
+
+A member's marks per conversation are state (a store shared by every process), moved forward
+by acks (delivered) and ``read`` requests; each move is told live to the members concerned,
+and the state can be fetched at any time, so a sender who was offline sees the current
+state when it asks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import msgspec
+
+from core.errors import ChatError, ErrorCode
+from core.events import Events
+from core.history import FIRST_ID, MAX_PAGE, History
+from core.model import ConversationSummary, ReceiptState
+from core.ports import InboxLog, ReceiptStore
+from core.protocol import ReceiptEvent
+
+_ID_RE = re.compile(r"^[0-9a-f]{24}$")
+
+
+class Receipts:
+    def __init__(
+        self, store: ReceiptStore, events: Events, inbox: InboxLog, history: History
+    ) -> None:
+        self._store = store
+        self._events = events
+        self._inbox = inbox
+        self._history = history
+
+    async def delivered(self, user: str, acked: dict[str, tuple[str, set[str]]]) -> None:
+        """A device of ``user`` acknowledged messages: per conversation, the greatest id and
+        who sent them. The senders (and the user's other devices) are told."""
+        for conv, (up_to, senders) in acked.items():
+            state = await self._store.advance(conv, user, up_to, None)
+            if state is not None:
+                await self._tell(senders | {user}, conv, state)
+
+    async def read(self, user: str, conv: str, up_to: str) -> ReceiptState:
+        """Mark ``conv`` read up to ``up_to`` (which also means delivered)."""
+        if not _ID_RE.fullmatch(up_to):
+            raise ChatError(ErrorCode.INVALID_ARGUMENT, f"not a message id: {up_to!r}")
+        members = await self._events.members(user, conv)
+        state = await self._store.advance(conv, user, up_to, up_to)
+        if state is None:
+            return await self._store.get(conv, user)
+        await self._tell(members, conv, state)
+        return state
+
+    async def states(self, user: str, conv: str) -> list[ReceiptState]:
+        await self._events.members(user, conv)
+        return await self._store.all(conv)
+
+    async def conversations(self, user: str, limit: int) -> list[ConversationSummary]:
+        """The user's conversations with how far they read and how many are unread."""
+        out = []
+        for summary in await self._history.conversations(user, limit):
+            mark = (await self._store.get(summary.conv, user)).read
+            newer = await self._history.page(
+                user, summary.conv, after=mark or FIRST_ID, limit=MAX_PAGE
+            )
+            unread = sum(1 for m in newer if m.sender != user and not m.event)
+            out.append(msgspec.structs.replace(summary, read_up_to=mark, unread=unread))
+        return out
+
+    async def _tell(self, users: Iterable[str], conv: str, state: ReceiptState) -> None:
+        event = ReceiptEvent(conv, state.user, state.delivered, state.read)
+        await self._inbox.notify(sorted(users), msgspec.json.encode(event))
