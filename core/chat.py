@@ -12,7 +12,8 @@ from core.events import Events
 from core.groups import Groups
 from core.history import History
 from core.messaging import Messaging
-from core.ports import Clock, CursorStore, InboxLog
+from core.ports import Clock, CursorStore, InboxLog, SocialStore
+from core.presence import Presence
 from core.receipts import Receipts
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class Chat:
         events: Events,
         clock: Clock,
         receipts: Receipts,
+        presence: Presence,
+        social: SocialStore,
     ) -> None:
         self.accounts = accounts
         self.messaging = messaging
@@ -69,6 +72,8 @@ class Chat:
         self.groups = groups
         self.events = events
         self.receipts = receipts
+        self.presence = presence
+        self.social = social
         self.clock = clock
         self.inbox = inbox
         self.cursors = cursors
@@ -93,6 +98,12 @@ class Chat:
         """Close this process's connections of a revoked device (called by the revocation bus)."""
         for conn in list(self._by_device.get(device_id, ())):
             conn.close_soon(CLOSE_REVOKED, "device logged out or revoked")
+
+    async def revoke(self, user: str, device: str) -> None:
+        """Log a device out: its token stops working everywhere, its open connections close,
+        and it goes offline at once (not after the presence TTL)."""
+        await self.accounts.revoke(user, device)
+        await self.presence.gone(user, device)
 
     async def drain(self) -> None:
         """Close every connection of this process so the clients reconnect elsewhere."""

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 
 import msgspec
 
@@ -24,6 +24,7 @@ from core.feed import InboxFeed
 from core.messaging import SendRequest
 from core.model import Device, Sent
 from core.ports import InboxEntry, Transport
+from core.presence import without_last_seen
 from core.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -31,11 +32,14 @@ from core.protocol import (
     Conversations,
     GetConversations,
     GetHistory,
+    GetPresence,
     GetReceipts,
     Hello,
     HistoryPage,
     Ping,
     Pong,
+    PresenceEvent,
+    PresenceList,
     Read,
     Receipts,
     ResyncNeeded,
@@ -127,6 +131,7 @@ class Connection:
         self._closed = False
         self._closer: asyncio.Future[None] | None = None
         self._kind = kind
+        self._unwatch_presence: Callable[[], None] | None = None
         # (seq, conv, id, sender) of messages sent and not yet acknowledged; bounded: beyond
         # it the oldest go without a delivered receipt (the read receipt still comes)
         self._delivered: deque[tuple[int, str, str, str]] = deque(maxlen=_TRACKED_DELIVERIES)
@@ -142,6 +147,7 @@ class Connection:
     async def open(self) -> None:
         self._chat.attach(self)
         self._attached = True
+        await self._start_presence()
         metrics.CONNECTIONS.labels(self._kind).inc()
         for loop in (self._write_loop(), self._send_loop(), self._flush_loop()):
             _ = self._spawn(loop)
@@ -184,6 +190,7 @@ class Connection:
                 return
             self._feed_task = self._spawn(self._feed_loop(frame.cursor))
         elif isinstance(frame, Ping):
+            await self._chat.presence.beat(self.user, self.device.id)  # the heartbeat
             await self._outbox.put(encode(Pong()))
         elif isinstance(frame, Typing):
             if not self._typing_bucket.take():
@@ -198,7 +205,7 @@ class Connection:
                 await self._chat.receipts.read(self.user, frame.conv, frame.up_to)
             except ChatError as err:
                 await self._reply_error(err)
-        elif isinstance(frame, GetHistory | GetConversations | GetReceipts):
+        elif isinstance(frame, GetHistory | GetConversations | GetReceipts | GetPresence):
             # Reads run beside the frame loop (they wait on the store); answers carry ``ref``.
             _ = self._spawn(self._answer_read(frame))
 
@@ -220,6 +227,8 @@ class Connection:
 
     async def aclose(self) -> None:
         """The peer is gone: stop the tasks and save the acked position."""
+        if self._unwatch_presence is not None:
+            self._unwatch_presence()
         if self._attached:
             self._attached = False
             self._chat.detach(self)
@@ -364,12 +373,31 @@ class Connection:
         finally:
             await unwatch()
 
-    async def _answer_read(self, frame: GetHistory | GetConversations | GetReceipts) -> None:
+    async def _start_presence(self) -> None:
+        """Online now; and from now on told of changes of everyone this user may see."""
+        chat = self._chat
+        await chat.presence.beat(self.user, self.device.id)
+        visible = await chat.social.visible(self.user)
+        hides_own = bool(await chat.social.hidden([self.user]))
+
+        def deliver(event: PresenceEvent) -> None:
+            frame = encode(without_last_seen(event) if hides_own else event)
+            if not self._outbox.offer(frame):
+                metrics.EVENTS_DROPPED.labels("slow_client").inc()
+
+        self._unwatch_presence = chat.presence.watch(visible, deliver)
+
+    async def _answer_read(
+        self, frame: GetHistory | GetConversations | GetReceipts | GetPresence
+    ) -> None:
         history = self._chat.history
         try:
-            if isinstance(frame, GetReceipts):
+            if isinstance(frame, GetPresence):
+                items = await self._chat.presence.query(self.user, frame.users)
+                answer: str = encode(PresenceList(frame.ref, items))
+            elif isinstance(frame, GetReceipts):
                 states = await self._chat.receipts.states(self.user, frame.conv)
-                answer: str = encode(Receipts(frame.ref, frame.conv, states))
+                answer = encode(Receipts(frame.ref, frame.conv, states))
             elif isinstance(frame, GetHistory):
                 messages = await history.page(
                     self.user,

@@ -186,6 +186,51 @@ class ReceiptStore(Protocol):
         ...
 
 
+class SocialStore(Protocol):
+    """Contacts and the presence privacy setting (Postgres)."""
+
+    async def contacts(self, user_id: str) -> list[str]: ...
+
+    async def add_contact(self, user_id: str, contact_id: str) -> None: ...
+
+    async def remove_contact(self, user_id: str, contact_id: str) -> None: ...
+
+    async def visible(self, user_id: str) -> set[str]:
+        """Whose presence the user may see: their contacts and their groups' members."""
+        ...
+
+    async def hidden(self, user_ids: list[str]) -> set[str]:
+        """Those of the users who hide their presence and last seen."""
+        ...
+
+    async def set_hidden(self, user_id: str, hidden: bool) -> None: ...
+
+
+class PresenceStore(Protocol):
+    """Device heartbeats in a KV bucket whose entries expire after the presence TTL, with
+    expiry markers, so that watchers are told when a device goes silent (no scanning)."""
+
+    async def beat(self, user: str, device: str, now_ms: int) -> None:
+        """The device is alive now (creates or refreshes its entry)."""
+        ...
+
+    async def gone(self, user: str, device: str) -> None:
+        """The device logged out: remove its entry now."""
+        ...
+
+    async def run(
+        self, on_change: Callable[[str, str, int | None], None], on_ready: Callable[[], None]
+    ) -> None:
+        """Watch every entry until cancelled: ``on_change(user, device, ms)`` for a beat,
+        ``(user, device, None)`` when an entry expires or is removed. First the entries that
+        exist, then ``on_ready()``, then the changes as they happen."""
+        ...
+
+    async def last_seen(self, users: list[str]) -> dict[str, int]: ...
+
+    async def set_last_seen(self, user: str, ms: int) -> None: ...
+
+
 class InboxEntry(msgspec.Struct, frozen=True):
     """One message in a user's inbox.
 

@@ -84,8 +84,24 @@ class GetReceipts(msgspec.Struct, tag="receipts", tag_field="type", forbid_unkno
     conv: str
 
 
+class GetPresence(msgspec.Struct, tag="presence", tag_field="type", forbid_unknown_fields=True):
+    """The presence of these users (at most 500), as far as I may see it."""
+
+    ref: str
+    users: list[str]
+
+
 ClientFrame = (
-    Hello | Send | Ack | Ping | GetHistory | GetConversations | Typing | Read | GetReceipts
+    Hello
+    | Send
+    | Ack
+    | Ping
+    | GetHistory
+    | GetConversations
+    | Typing
+    | Read
+    | GetReceipts
+    | GetPresence
 )
 
 _client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
@@ -193,6 +209,28 @@ class Receipts(msgspec.Struct, tag="receipts", tag_field="type"):
     states: list[ReceiptState]
 
 
+class PresenceEvent(msgspec.Struct, tag="presence", tag_field="type"):
+    """``user`` came online or went offline (``last_seen``: ms, or null when hidden from
+    you). Sent only on change, only for users whose presence you may see."""
+
+    user: str
+    online: bool
+    last_seen: int | None
+
+
+class PresenceItem(msgspec.Struct, frozen=True):
+    """null/null: not visible to you (not a contact or group peer, or hidden)."""
+
+    user: str
+    online: bool | None
+    last_seen: int | None
+
+
+class PresenceList(msgspec.Struct, tag="presence_list", tag_field="type"):
+    ref: str
+    users: list[PresenceItem]
+
+
 class MsgFrame(msgspec.Struct, tag="msg", tag_field="type"):
     """An inbox message; ``seq`` is the cursor to resume after it. The server builds it with
     :func:`encode_msg`; clients decode it with :data:`server_frame_decoder`."""
@@ -213,6 +251,8 @@ ServerFrame = (
     | TypingEvent
     | ReceiptEvent
     | Receipts
+    | PresenceEvent
+    | PresenceList
 )
 server_frame_decoder = msgspec.json.Decoder(ServerFrame | MsgFrame)
 

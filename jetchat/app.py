@@ -30,6 +30,7 @@ from core.history import History
 from core.ids import MessageIds
 from core.messaging import Messaging
 from core.ports import HistoryStore
+from core.presence import Presence
 from core.receipts import Receipts
 from frontends.http.routes import exception_handlers, route_handlers
 from frontends.ws.handler import WsSettings, ws_handler
@@ -39,11 +40,13 @@ from jetstream.archiver import Archiver
 from jetstream.group_log import JetStreamGroupLog
 from jetstream.inbox import JetStreamInbox
 from jetstream.kv import KvCursorStore, KvSendLedger
+from jetstream.presence import KvPresenceStore
 from jetstream.receipts import KvReceiptStore
 from jetstream.revocations import NatsRevocationBus
 from storage.postgres import PostgresAccountStore, migrate, open_pool
 from storage.postgres_groups import PostgresGroupStore
 from storage.postgres_history import PostgresHistoryStore
+from storage.postgres_social import PostgresSocialStore
 
 log = logging.getLogger("jetchat")
 
@@ -63,6 +66,7 @@ class Services:
     history_store: HistoryStore
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     archiver_task: asyncio.Task[None] | None = None
+    presence_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -97,6 +101,7 @@ class Services:
         groups = Groups(group_store, messaging, accounts, clock, settings.max_group_members)
         history_store, closers = await open_history_store(settings, pool)
         history = History(history_store, group_store)
+        social = PostgresSocialStore(pool)
         events = Events(inbox, group_store)
         receipt_store = KvReceiptStore(
             await js.key_value(settings.jetstream.receipts_bucket),
@@ -114,19 +119,33 @@ class Services:
             events,
             clock,
             Receipts(receipt_store, events, inbox, history),
+            Presence(
+                KvPresenceStore(
+                    await js.key_value(settings.jetstream.presence_bucket),
+                    await js.key_value(settings.jetstream.last_seen_bucket),
+                ),
+                social,
+                clock,
+            ),
+            social,
         )
         await revocations.subscribe(chat.device_revoked)
-        return cls(settings, nc, js, pool, chat, history_store, closers)
+        services = cls(settings, nc, js, pool, chat, history_store, closers)
+        services.presence_task = asyncio.create_task(chat.presence.run(), name="presence")
+        services.presence_task.add_done_callback(_log_failure)
+        return services
 
     def start_archiver(self) -> None:
         archiver = Archiver(self.js, self.history_store, self.settings.jetstream)
         self.archiver_task = asyncio.create_task(archiver.run(), name="archiver")
+        self.archiver_task.add_done_callback(_log_failure)
 
     async def stop(self) -> None:
-        if self.archiver_task is not None:
-            self.archiver_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.archiver_task
+        for task in (self.archiver_task, self.presence_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         # flush what is published, then close: drain() would wait up to 30 s on the
         # archiver's pull subscription, which has nothing left to give
         with contextlib.suppress(Exception):
@@ -155,6 +174,12 @@ class Services:
         except Exception as exc:
             checks["history"] = f"error: {type(exc).__name__}"
         return checks
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A background task of the process died: say so loudly (readiness keeps answering)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task failed", extra={"task": task.get_name()}, exc_info=exc)
 
 
 async def open_history_store(

@@ -33,6 +33,9 @@ from core.protocol import (
     ErrorFrame,
     HistoryPage,
     MsgFrame,
+    PresenceEvent,
+    PresenceItem,
+    PresenceList,
     ReceiptEvent,
     Receipts,
     ResyncNeeded,
@@ -224,6 +227,17 @@ class ChatClient:
         assert isinstance(answer, Receipts)
         return answer.states
 
+    async def presence(self, users: list[str], timeout: float = 10) -> list[PresenceItem]:
+        answer = await self._request({"type": "presence", "users": users}, timeout)
+        assert isinstance(answer, PresenceList)
+        return answer.users
+
+    async def ping(self) -> None:
+        """The heartbeat (every 30 s keeps the device online; the server answers pong)."""
+        if self._ws is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._ws.send('{"type":"ping"}')
+
     async def next_event(self, timeout: float = 10) -> object:
         """The next ephemeral event (typing, receipt, presence)."""
         return await asyncio.wait_for(self._events.get(), timeout)
@@ -315,7 +329,7 @@ class ChatClient:
                     request.set_exception(ApiError(0, frame.code, frame.message))
                 else:
                     self.errors.append(frame)
-            elif isinstance(frame, HistoryPage | Conversations | Receipts):
+            elif isinstance(frame, HistoryPage | Conversations | Receipts | PresenceList):
                 request = self._requests.get(frame.ref)
                 if request and not request.done():
                     request.set_result(frame)
@@ -325,7 +339,7 @@ class ChatClient:
                     pending_ack = 0
                     await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
                 self.caught_up.set()
-            elif isinstance(frame, TypingEvent | ReceiptEvent):
+            elif isinstance(frame, TypingEvent | ReceiptEvent | PresenceEvent):
                 self._events.put_nowait(frame)
             elif isinstance(frame, ResyncNeeded):
                 self.resync_needed = frame

@@ -63,6 +63,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window_s: float = 120.0
     replicas: int = 1
     sends_ttl_s: float = DAY_S
+    presence_ttl_s: float = 60.0
+    """A device counts as online this long after its last heartbeat (clients send ``ping``
+    every 30 s); a dropped connection flips nothing before it runs out."""
     publish_timeout_s: float = 5.0
 
     # groups

@@ -13,6 +13,8 @@ Operators see these with the ``nats`` CLI (docs/operations.md):
 - KV bucket ``chat_sends``: ``<user>.<sha256(client id)>`` -> the original send result.
 - KV bucket ``chat_cursors``: ``<user>.<device>`` -> the device's acked inbox sequence.
 - KV bucket ``chat_receipts``: ``<conv>.<user>`` -> how far the member got (delivered, read).
+- KV bucket ``chat_presence``: ``<user>.<device>`` -> last heartbeat (ms); entries expire after
+  the presence TTL with an expiry marker that watchers see. ``chat_last_seen``: ``<user>``.
 - durable consumer ``archiver`` on ``CHAT_INBOX``: the history archiver's position. Every
   archiver process pulls from it, so they share the work; a message is acknowledged only after
   the history store has it.
@@ -57,6 +59,10 @@ class JetStreamSettings(msgspec.Struct, frozen=True):
     """How long a resend with the same client message id returns the original result."""
     cursors_bucket: str = "chat_cursors"
     receipts_bucket: str = "chat_receipts"
+    presence_bucket: str = "chat_presence"
+    last_seen_bucket: str = "chat_last_seen"
+    presence_ttl_s: float = 60.0
+    """A device is offline this long after its last heartbeat (clients beat every 30 s)."""
     publish_timeout_s: float = 5.0
     """Longest wait for JetStream to acknowledge a write before the send fails (retryable)."""
     read_timeout_s: float = 5.0
@@ -120,10 +126,18 @@ async def ensure(js: JetStreamContext, s: JetStreamSettings) -> None:
         (s.sends_bucket, s.sends_ttl_s),
         (s.cursors_bucket, s.inbox_retention_s + DAY_S),
         (s.receipts_bucket, None),  # marks are kept as long as the history they point into
+        (s.presence_bucket, s.presence_ttl_s),
+        (s.last_seen_bucket, None),
     )
     for bucket, ttl in buckets:
         kv_config = KeyValueConfig(
-            bucket=bucket, history=1, ttl=ttl, replicas=s.replicas, direct=True
+            bucket=bucket,
+            history=1,
+            ttl=ttl,
+            replicas=s.replicas,
+            direct=True,
+            # expiry markers tell watchers when a heartbeat ages out (nats-server 2.11+)
+            limit_marker_ttl=max(s.presence_ttl_s, 1) if bucket == s.presence_bucket else None,
         )
         try:
             await js.key_value(bucket)

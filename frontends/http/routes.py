@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
@@ -15,6 +15,7 @@ from core.groups import GroupInfo
 from core.history import MAX_CONVERSATIONS, MAX_PAGE
 from core.messaging import SendRequest
 from core.model import ChatMessage, ConversationSummary, Device, Group, ReceiptState, Sent
+from core.protocol import PresenceItem
 from frontends.auth import bearer_token
 from frontends.errors import error_body
 
@@ -29,6 +30,10 @@ class LogIn(msgspec.Struct, frozen=True):
     username: str
     password: str
     device_name: str = ""
+
+
+class MySettings(msgspec.Struct, frozen=True):
+    hide_presence: bool
 
 
 class SendBody(msgspec.Struct, frozen=True):
@@ -66,7 +71,7 @@ class AccountsController(Controller):
         dependencies={"device": Provide(provide_device)},
     )
     async def log_out(self, chat: Chat, device: Device) -> None:
-        await chat.accounts.revoke(device.user_id, device.id)
+        await chat.revoke(device.user_id, device.id)
 
     @get("/me", summary="My profile", dependencies={"device": Provide(provide_device)})
     async def me(self, chat: Chat, device: Device) -> Profile:
@@ -92,7 +97,47 @@ class AccountsController(Controller):
         dependencies={"device": Provide(provide_device)},
     )
     async def revoke(self, chat: Chat, device: Device, device_id: str) -> None:
-        await chat.accounts.revoke(device.user_id, device_id)
+        await chat.revoke(device.user_id, device_id)
+
+    @patch(
+        "/me",
+        summary="My settings: hide_presence hides my online state and last seen from everyone "
+        "(and shows me no one's last seen)",
+        dependencies={"device": Provide(provide_device)},
+    )
+    async def settings(self, chat: Chat, device: Device, data: MySettings) -> MySettings:
+        await chat.social.set_hidden(device.user_id, data.hide_presence)
+        return data
+
+    @get("/contacts", summary="My contacts", dependencies={"device": Provide(provide_device)})
+    async def contacts(self, chat: Chat, device: Device) -> list[str]:
+        return await chat.social.contacts(device.user_id)
+
+    @put(
+        "/contacts/{user_id:str}",
+        summary="Add a contact (I then see their presence)",
+        dependencies={"device": Provide(provide_device)},
+        status_code=204,
+    )
+    async def add_contact(self, chat: Chat, device: Device, user_id: str) -> None:
+        await chat.accounts.profile(user_id)  # not_found for a user that does not exist
+        await chat.social.add_contact(device.user_id, user_id)
+
+    @delete(
+        "/contacts/{user_id:str}",
+        summary="Remove a contact",
+        dependencies={"device": Provide(provide_device)},
+    )
+    async def remove_contact(self, chat: Chat, device: Device, user_id: str) -> None:
+        await chat.social.remove_contact(device.user_id, user_id)
+
+    @get(
+        "/presence",
+        summary="Presence of users (comma-separated ids, at most 500): null where not visible",
+        dependencies={"device": Provide(provide_device)},
+    )
+    async def presence(self, chat: Chat, device: Device, users: str) -> list[PresenceItem]:
+        return await chat.presence.query(device.user_id, [u for u in users.split(",") if u])
 
 
 class MessagesController(Controller):

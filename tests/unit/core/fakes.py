@@ -17,6 +17,7 @@ from core.ids import MessageIds
 from core.messaging import Messaging
 from core.model import ChatMessage, ConversationSummary, Device, ReceiptState, SendRecord, User
 from core.ports import InboxEntry
+from core.presence import Presence
 from core.receipts import Receipts
 
 
@@ -199,6 +200,24 @@ class MemoryReceipts:
         return [s for (c, _), s in sorted(self.marks.items()) if c == conv]
 
 
+class NoPresence:
+    """Presence is tested against NATS (tests/integration/test_presence.py)."""
+
+    async def beat(self, user: str, device: str, now_ms: int) -> None:
+        pass
+
+    async def gone(self, user: str, device: str) -> None:
+        pass
+
+
+class NoSocial:
+    async def visible(self, user_id: str) -> set[str]:
+        return set()
+
+    async def hidden(self, user_ids: list[str]) -> set[str]:
+        return set()
+
+
 class NoRevocations:
     async def publish(self, device_id: str) -> None:
         pass
@@ -243,5 +262,7 @@ def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAc
         events,
         clock,
         Receipts(MemoryReceipts(), events, inbox, history),
+        Presence(NoPresence(), NoSocial(), clock),  # type: ignore[arg-type]
+        NoSocial(),  # type: ignore[arg-type]
     )
     return chat, inbox, accounts_store

@@ -1,0 +1,118 @@
+"""Online, offline and last seen, from device heartbeats that expire.
+
+Every device's heartbeat is an entry in the presence store that expires ``presence_ttl_s``
+(60 s) after the last one; clients beat every 30 s. The store tells every process when an
+entry appears, is refreshed, expires or is removed (a clean log-out), so going offline is
+detected by the expiry itself, never by scanning. A user is online while any device is. A
+phone that drops its connection for a few seconds and comes back keeps its entry alive: no
+offline, no flapping.
+
+Each process keeps the set of live devices per user (all users: the watch sees every entry)
+and, for its own connections, who watches whom, so a change reaches exactly the connected
+devices allowed to see it, once, on every process, without any fanout write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import msgspec
+
+from core.ports import Clock, PresenceStore, SocialStore
+from core.protocol import PresenceEvent, PresenceItem
+
+MAX_QUERY = 500
+
+Deliver = Callable[[PresenceEvent], None]
+
+
+class Presence:
+    def __init__(self, store: PresenceStore, social: SocialStore, clock: Clock) -> None:
+        self._store = store
+        self._social = social
+        self._clock = clock
+        self._devices: dict[str, dict[str, int]] = {}
+        self._watchers: dict[str, set[Deliver]] = {}
+        self._ready = False
+        self._announcing: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        await self._store.run(self._on_change, self._on_ready)
+
+    def _on_ready(self) -> None:
+        self._ready = True
+
+    def online(self, user: str) -> bool:
+        return user in self._devices
+
+    async def beat(self, user: str, device: str) -> None:
+        await self._store.beat(user, device, self._clock.now_ms())
+
+    async def gone(self, user: str, device: str) -> None:
+        await self._store.gone(user, device)
+
+    def watch(self, users: set[str], deliver: Deliver) -> Callable[[], None]:
+        """Call ``deliver`` with each change of these users; returns the function to stop."""
+        for user in users:
+            self._watchers.setdefault(user, set()).add(deliver)
+
+        def unwatch() -> None:
+            for user in users:
+                watchers = self._watchers.get(user)
+                if watchers is not None:
+                    watchers.discard(deliver)
+                    if not watchers:
+                        del self._watchers[user]
+
+        return unwatch
+
+    async def query(self, viewer: str, users: list[str]) -> list[PresenceItem]:
+        users = users[:MAX_QUERY]
+        visible = await self._social.visible(viewer)
+        hidden = await self._social.hidden([*users, viewer])
+        last_seen = await self._store.last_seen(
+            [u for u in users if u in visible and not self.online(u)]
+        )
+        out = []
+        for user in users:
+            if user not in visible or user in hidden:
+                out.append(PresenceItem(user, None, None))
+            elif self.online(user):
+                out.append(PresenceItem(user, True, None))
+            else:
+                seen = None if viewer in hidden else last_seen.get(user)
+                out.append(PresenceItem(user, False, seen))
+        return out
+
+    def _on_change(self, user: str, device: str, ms: int | None) -> None:
+        devices = self._devices.get(user, {})
+        was_online = bool(devices)
+        last_beat = devices.pop(device, None) if ms is None else None
+        if ms is not None:
+            devices[device] = ms
+        if devices:
+            self._devices[user] = devices
+        else:
+            self._devices.pop(user, None)
+        if self._ready and was_online != bool(devices):
+            task = asyncio.ensure_future(self._announce(user, bool(devices), last_beat))
+            self._announcing.add(task)
+            task.add_done_callback(self._announcing.discard)
+
+    async def _announce(self, user: str, online: bool, last_beat: int | None) -> None:
+        last_seen = None
+        if not online:
+            last_seen = last_beat or self._clock.now_ms()
+            await self._store.set_last_seen(user, last_seen)
+        watchers = self._watchers.get(user)
+        if not watchers or await self._social.hidden([user]):
+            return
+        event = PresenceEvent(user, online, last_seen)
+        for deliver in list(watchers):
+            deliver(event)
+
+
+def without_last_seen(event: PresenceEvent) -> PresenceEvent:
+    """For viewers who hide their own presence: they see no one's last seen."""
+    return msgspec.structs.replace(event, last_seen=None)
