@@ -19,7 +19,6 @@ import msgspec
 from core import metrics
 from core.chat import Chat
 from core.errors import ChatError, ErrorCode
-from core.events import TokenBucket
 from core.feed import InboxFeed
 from core.messaging import SendRequest
 from core.model import Device, Sent
@@ -135,9 +134,6 @@ class Connection:
         # (seq, conv, id, sender) of messages sent and not yet acknowledged; bounded: beyond
         # it the oldest go without a delivered receipt (the read receipt still comes)
         self._delivered: deque[tuple[int, str, str, str]] = deque(maxlen=_TRACKED_DELIVERIES)
-        self._typing_bucket = TokenBucket(
-            chat.clock, self._limits.typing_per_s, self._limits.typing_burst
-        )
         self._attached = False
 
     @property
@@ -193,11 +189,8 @@ class Connection:
             await self._chat.presence.beat(self.user, self.device.id)  # the heartbeat
             await self._outbox.put(encode(Pong()))
         elif isinstance(frame, Typing):
-            if not self._typing_bucket.take():
-                metrics.EVENTS_DROPPED.labels("typing_rate").inc()
-                return
             try:
-                await self._chat.events.typing(self.user, frame.conv, frame.state)
+                await self._chat.events.typing(self.user, self.device.id, frame.conv, frame.state)
             except ChatError as err:
                 await self._reply_error(err)
         elif isinstance(frame, Read):

@@ -4,9 +4,11 @@ notices too. Never stored: a device that is not connected never sees them."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 import msgspec
 
+from core import metrics
 from core.errors import ChatError, ErrorCode
 from core.model import conversation_members
 from core.ports import Clock, GroupStore, InboxLog
@@ -15,6 +17,7 @@ from core.protocol import TypingEvent
 TYPING_SHOWN_MS = 5_000
 """How long a client shows "typing…" after a start event unless another one refreshes it
 (clients send start again every few seconds while the user types)."""
+_MAX_BUCKETS = 100_000
 _MEMBERS_CACHE_S = 5.0
 """Group members are cached this long for typing; a member added or removed meanwhile is
 missed or still told for up to this long, which is fine for an indicator."""
@@ -41,10 +44,22 @@ class TokenBucket:
 
 
 class Events:
-    def __init__(self, inbox: InboxLog, groups: GroupStore) -> None:
+    def __init__(
+        self,
+        inbox: InboxLog,
+        groups: GroupStore,
+        clock: Clock,
+        typing_per_s: float,
+        typing_burst: int,
+    ) -> None:
         self._inbox = inbox
         self._groups = groups
+        self._clock = clock
+        self._rate, self._burst = typing_per_s, typing_burst
         self._members: dict[str, tuple[float, list[str]]] = {}
+        # per device, in this process (a device spread over several processes gets each
+        # process's budget; fine for an indicator); the least recently used are forgotten
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     async def members(self, user: str, conv: str) -> list[str]:
         """The conversation's members now, if ``user`` is one (else ChatError FORBIDDEN)."""
@@ -63,9 +78,19 @@ class Events:
             raise ChatError(ErrorCode.FORBIDDEN, "you are not a member of this conversation")
         return members
 
-    async def typing(self, user: str, conv: str, state: str) -> None:
+    async def typing(self, user: str, device: str, conv: str, state: str) -> None:
+        """Tell the other members; beyond the device's rate, dropped (and counted)."""
         if state not in ("start", "stop"):
             raise ChatError(ErrorCode.INVALID_ARGUMENT, 'state is "start" or "stop"')
+        bucket = self._buckets.pop(device, None) or TokenBucket(
+            self._clock, self._rate, self._burst
+        )
+        self._buckets[device] = bucket
+        if len(self._buckets) > _MAX_BUCKETS:
+            self._buckets.popitem(last=False)
+        if not bucket.take():
+            metrics.EVENTS_DROPPED.labels("typing_rate").inc()
+            return
         others = [m for m in await self.members(user, conv) if m != user]
         event = TypingEvent(conv, user, state, TYPING_SHOWN_MS if state == "start" else 0)
         await self._inbox.notify(others, msgspec.json.encode(event))

@@ -102,7 +102,7 @@ class Services:
         history_store, closers = await open_history_store(settings, pool)
         history = History(history_store, group_store)
         social = PostgresSocialStore(pool)
-        events = Events(inbox, group_store)
+        events = Events(inbox, group_store, clock, settings.typing_per_s, settings.typing_burst)
         receipt_store = KvReceiptStore(
             await js.key_value(settings.jetstream.receipts_bucket),
             settings.jetstream.receipts_bucket,

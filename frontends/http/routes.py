@@ -162,6 +162,10 @@ class MessagesController(Controller):
         return await chat.messaging.send(device.user_id, device.id, request)
 
 
+class TypingBody(msgspec.Struct, frozen=True):
+    state: str = "start"
+
+
 class ReadBody(msgspec.Struct, frozen=True):
     up_to: str
 
@@ -192,6 +196,14 @@ class ConversationsController(Controller):
     )
     async def read(self, chat: Chat, device: Device, conv: str, data: ReadBody) -> ReceiptState:
         return await chat.receipts.read(device.user_id, conv, data.up_to)
+
+    @post(
+        "/{conv:str}/typing",
+        summary="I am typing (state start, repeated every few seconds) or stopped (stop)",
+        status_code=204,
+    )
+    async def typing(self, chat: Chat, device: Device, conv: str, data: TypingBody) -> None:
+        await chat.events.typing(device.user_id, device.id, conv, data.state)
 
     @get("/{conv:str}/receipts", summary="Every member's delivered and read marks")
     async def receipts(self, chat: Chat, device: Device, conv: str) -> list[ReceiptState]:

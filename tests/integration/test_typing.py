@@ -70,3 +70,15 @@ async def test_typing_is_rate_limited_per_device(spawn, pg_dsn):
                 await next_typing(b, timeout=0.5)
                 got += 1
         assert got == 3
+
+
+async def test_typing_over_http_reaches_a_websocket_member(server, pg_dsn):
+    (alice, ta), (bob, tb) = await bulk_users(pg_dsn, "th", 2)
+    conv = dm_conversation(alice, bob)
+    async with ChatClient(server.base_url, tb, cursor=0) as b:
+        await b.caught_up.wait()
+        resp = await api(
+            server.base_url, ta, "POST", f"/v1/conversations/{conv}/typing", {"state": "start"}
+        )
+        assert resp.status_code == 204
+        assert await next_typing(b) == TypingEvent(conv, alice, "start", 5000)

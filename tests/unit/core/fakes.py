@@ -250,7 +250,7 @@ def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAc
         accounts, inbox, MemoryLedger(), MessageIds(clock), 100_000, groups, NoGroupLog()
     )
     history = History(MemoryHistory(), groups)
-    events = Events(inbox, groups)
+    events = Events(inbox, groups, clock, 1.0, 5)
     chat = Chat(
         accounts,
         messaging,
