@@ -14,8 +14,6 @@ import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 
-import msgspec
-
 from core import metrics
 from core.chat import Chat
 from core.errors import ChatError, ErrorCode
@@ -51,6 +49,7 @@ from core.protocol import (
     encode_msg,
     error_frame,
 )
+from core.receipts import Head, decode_head, delivered_marks
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +58,6 @@ SEND_BATCH = 64  # sends taken from the queue per write to JetStream
 
 _MAX_READ_BACKOFF_S = 0.5
 _TRACKED_DELIVERIES = 20_000
-
-
-class _Head(msgspec.Struct):
-    """The fields of a stored message that receipts need (the rest is not decoded)."""
-
-    id: str = ""
-    conv: str = ""
-    sender: str = ""
-
-
-_decode_head = msgspec.json.Decoder(_Head).decode
 
 
 class Outbox:
@@ -131,9 +119,9 @@ class Connection:
         self._closer: asyncio.Future[None] | None = None
         self._kind = kind
         self._unwatch_presence: Callable[[], None] | None = None
-        # (seq, conv, id, sender) of messages sent and not yet acknowledged; bounded: beyond
-        # it the oldest go without a delivered receipt (the read receipt still comes)
-        self._delivered: deque[tuple[int, str, str, str]] = deque(maxlen=_TRACKED_DELIVERIES)
+        # (seq, head) of messages sent and not yet acknowledged; bounded: beyond it the
+        # oldest go without a delivered receipt (the read receipt still comes)
+        self._delivered: deque[tuple[int, Head]] = deque(maxlen=_TRACKED_DELIVERIES)
         self._attached = False
 
     @property
@@ -292,19 +280,15 @@ class Connection:
 
     def _track(self, entry: InboxEntry) -> None:
         """Remember what was sent to the client, to turn its acks into delivered receipts."""
-        head = _decode_head(entry.data)
+        head = decode_head(entry.data)
         if head.sender != self.user and head.conv:
-            self._delivered.append((entry.seq, head.conv, head.id, head.sender))
+            self._delivered.append((entry.seq, head))
 
     def _take_delivered(self, acked: int) -> dict[str, tuple[str, set[str]]]:
-        """Per conversation, the greatest message id acknowledged and who sent them."""
-        out: dict[str, tuple[str, set[str]]] = {}
+        heads = []
         while self._delivered and self._delivered[0][0] <= acked:
-            _, conv, msg_id, sender = self._delivered.popleft()
-            up_to, senders = out.get(conv, ("", set()))
-            senders.add(sender)
-            out[conv] = (max(up_to, msg_id), senders)
-        return out
+            heads.append(self._delivered.popleft()[1])
+        return delivered_marks(self.user, heads)
 
     async def _deliver(self, entry: InboxEntry) -> None:
         self._track(entry)

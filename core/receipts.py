@@ -22,6 +22,29 @@ from core.protocol import ReceiptEvent
 _ID_RE = re.compile(r"^[0-9a-f]{24}$")
 
 
+class Head(msgspec.Struct, frozen=True):
+    """The fields of a stored message that receipts need (the rest is not decoded)."""
+
+    id: str = ""
+    conv: str = ""
+    sender: str = ""
+
+
+decode_head = msgspec.json.Decoder(Head).decode
+
+
+def delivered_marks(user: str, heads: Iterable[Head]) -> dict[str, tuple[str, set[str]]]:
+    """Per conversation, the greatest id of the messages others sent, and who sent them."""
+    out: dict[str, tuple[str, set[str]]] = {}
+    for head in heads:
+        if head.sender == user or not head.conv:
+            continue
+        up_to, senders = out.get(head.conv, ("", set()))
+        senders.add(head.sender)
+        out[head.conv] = (max(up_to, head.id), senders)
+    return out
+
+
 class Receipts:
     def __init__(
         self, store: ReceiptStore, events: Events, inbox: InboxLog, history: History

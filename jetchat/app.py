@@ -28,11 +28,13 @@ from core.events import Events
 from core.groups import Groups
 from core.history import History
 from core.ids import MessageIds
+from core.longpoll import LongPoll
 from core.messaging import Messaging
 from core.ports import HistoryStore
 from core.presence import Presence
 from core.receipts import Receipts
 from frontends.http.routes import exception_handlers, route_handlers
+from frontends.longpoll.routes import poll
 from frontends.ws.handler import WsSettings, ws_handler
 from jetchat.settings import Settings
 from jetstream import streams
@@ -226,6 +228,8 @@ def create_app(settings: Settings) -> Litestar:
         services = await Services.start(settings)
         app.state.services = services
         app.state.chat = services.chat
+        app.state.longpoll = LongPoll(services.chat)
+        app.state.poll_timeout_s = settings.poll_timeout_s
         app.state.ws_settings = WsSettings(
             frozenset(o.strip() for o in settings.ws_allowed_origins.split(",") if o.strip())
         )
@@ -241,6 +245,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             *route_handlers,
             ws_handler,
+            poll,
             healthz,
             readyz,
             prometheus_metrics,

@@ -40,6 +40,7 @@ from core.protocol import (
     Receipts,
     ResyncNeeded,
     SentFrame,
+    ServerFrame,
     TypingEvent,
     server_frame_decoder,
 )
@@ -74,11 +75,17 @@ _encode = msgspec.json.Encoder().encode
 
 
 async def _call(
-    base_url: str, method: str, path: str, token: str | None = None, json: Any = None
+    base_url: str,
+    method: str,
+    path: str,
+    token: str | None = None,
+    json: Any = None,
+    proxy: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> Any:
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
-        resp = await http.request(method, path, json=json, headers=headers)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, proxy=proxy) as http:
+        resp = await http.request(method, path, json=json, headers=headers, params=params)
     if resp.status_code >= 400:
         body = resp.json()
         raise ApiError(resp.status_code, body.get("code", ""), body.get("message", ""))
@@ -100,9 +107,21 @@ async def send_http(base_url: str, token: str, to: str, text: str, client_id: st
     return msgspec.convert(await _call(base_url, "POST", "/v1/messages", token, body), Sent)
 
 
+class _PollBody(msgspec.Struct):
+    cursor: int
+    frames: list[ServerFrame | MsgFrame]
+
+
+_decode_poll = msgspec.json.Decoder(_PollBody).decode
+
+
 class ChatClient:
     """One device's connection. ``cursor`` is the last inbox sequence it has (None: let the
-    server use the position it stored for this device)."""
+    server use the position it stored for this device).
+
+    ``transport``: "ws" (WebSocket), "longpoll" (long polling to receive, plain HTTP for the
+    rest, for networks whose proxies block WebSockets), or "auto" (WebSocket, falling back to
+    long polling when the upgrade fails). The interface is the same for all."""
 
     def __init__(
         self,
@@ -114,7 +133,17 @@ class ChatClient:
         reconnect: bool = True,
         catch_up_from_history: bool = True,
         max_size: int = 1 << 20,
+        transport: str = "ws",
+        proxy: str | None = None,
+        poll_timeout: float = 25,
     ) -> None:
+        assert transport in ("ws", "longpoll", "auto")
+        self.transport = transport
+        self.mode = "longpoll" if transport == "longpoll" else "ws"
+        self.proxy = proxy
+        self.poll_timeout = poll_timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ws_worked = False
         self.base_url = base_url
         self.ws_url = base_url.replace("http", "ws", 1) + "/v1/ws"
         self.token = token
@@ -155,6 +184,8 @@ class ChatClient:
         self._closing = True
         if self._ws is not None:
             await self._ws.close()
+        for task in list(self._tasks):
+            task.cancel()
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -168,7 +199,9 @@ class ChatClient:
         frame = _encode({"type": "send", "client_id": client_id, "to": to, "text": text})
         future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
         self._pending[client_id] = (frame, future)
-        if self._ws is not None:
+        if self.mode == "longpoll":
+            self._spawn(self._send_over_http(client_id, frame))
+        elif self._ws is not None:
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._ws.send(frame.decode())
         try:
@@ -197,6 +230,8 @@ class ChatClient:
         return answer.messages
 
     async def _request(self, frame: dict[str, Any], timeout: float) -> object:
+        if self.mode == "longpoll":
+            return await asyncio.wait_for(self._request_over_http(frame), timeout)
         ref = f"r{next(self._ids)}"
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._requests[ref] = future
@@ -209,14 +244,18 @@ class ChatClient:
 
     async def typing(self, conv: str, state: str = "start") -> None:
         """Tell the conversation's other members I am typing (fire-and-forget)."""
-        if self._ws is not None:
+        if self.mode == "longpoll":
+            await self._http("POST", f"/v1/conversations/{conv}/typing", json={"state": state})
+        elif self._ws is not None:
             frame = _encode({"type": "typing", "conv": conv, "state": state}).decode()
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._ws.send(frame)
 
     async def read(self, conv: str, up_to: str) -> None:
         """I read ``conv`` up to message ``up_to`` (fire-and-forget; errors come as frames)."""
-        if self._ws is not None:
+        if self.mode == "longpoll":
+            await self._http("POST", f"/v1/conversations/{conv}/read", json={"up_to": up_to})
+        elif self._ws is not None:
             frame = _encode({"type": "read", "conv": conv, "up_to": up_to}).decode()
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._ws.send(frame)
@@ -269,9 +308,110 @@ class ChatClient:
 
     # --- internals ---------------------------------------------------------------------------
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _http(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        return await _call(
+            self.base_url, method, path, self.token, json=json, proxy=self.proxy, params=params
+        )
+
+    async def _send_over_http(self, client_id: str, frame: bytes) -> None:
+        """Send until answered: resending with the same client id is always safe."""
+        entry = self._pending.get(client_id)
+        body = msgspec.json.decode(frame)
+        backoff = 0.05
+        while entry is not None and not entry[1].done() and not self._closing:
+            try:
+                sent = msgspec.convert(await self._http("POST", "/v1/messages", json=body), Sent)
+            except ApiError as err:
+                if err.status < 500:
+                    entry[1].set_exception(err)
+                    return
+            except httpx.HTTPError:
+                pass
+            else:
+                entry[1].set_result(sent)
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    async def _request_over_http(self, frame: dict[str, Any]) -> object:
+        kind, conv = frame["type"], frame.get("conv", "")
+        if kind == "history":
+            params: dict[str, Any] = {
+                k: frame[k] for k in ("before", "after", "around", "limit") if k in frame
+            }
+            page = await self._http("GET", f"/v1/conversations/{conv}/messages", params=params)
+            return HistoryPage("", conv, msgspec.convert(page["messages"], list[ChatMessage]))
+        if kind == "receipts":
+            states = await self._http("GET", f"/v1/conversations/{conv}/receipts")
+            return Receipts("", conv, msgspec.convert(states, list[ReceiptState]))
+        if kind == "presence":
+            items = await self._http(
+                "GET", "/v1/presence", params={"users": ",".join(frame["users"])}
+            )
+            return PresenceList("", msgspec.convert(items, list[PresenceItem]))
+        raise ValueError(f"no HTTP call for {kind!r}")
+
+    async def _poll_loop(self) -> None:
+        for client_id, (pending, _) in list(self._pending.items()):
+            self._spawn(self._send_over_http(client_id, pending))
+        async with httpx.AsyncClient(
+            base_url=self.base_url, proxy=self.proxy, timeout=self.poll_timeout + 15
+        ) as http:
+            auth = {"authorization": f"Bearer {self.token}"}
+            while not self._closing:
+                # until caught up, ask for what is there without waiting
+                wait = self.poll_timeout if self.caught_up.is_set() else 0
+                params: dict[str, Any] = {"timeout": wait}
+                if self.cursor is not None:
+                    params["cursor"] = self.cursor
+                resp = await http.get("/v1/poll", params=params, headers=auth)
+                if resp.status_code >= 400:
+                    self.close_codes.append(resp.status_code)
+                    self.connected.set()
+                    body = resp.json()
+                    raise ApiError(resp.status_code, body.get("code", ""), body.get("message", ""))
+                self.connected.set()
+                poll = _decode_poll(resp.content)
+                got_messages = False
+                for frame in poll.frames:
+                    if isinstance(frame, ResyncNeeded):
+                        self.resync_needed = frame
+                        if self.catch_up_from_history:
+                            await self._catch_up_from_history()
+                            poll.cursor = max(frame.first_seq - 1, 0)
+                        continue
+                    got_messages |= isinstance(frame, MsgFrame)
+                    self._handle(frame)
+                self.cursor = poll.cursor
+                if not got_messages:
+                    self.caught_up.set()
+
     async def _run(self) -> None:
         backoff = 0.05
         while not self._closing:
+            if self.mode == "longpoll":
+                try:
+                    await self._poll_loop()
+                except ApiError:
+                    raise
+                except Exception as exc:
+                    log.warning("poll failed: %r", exc)
+                if not self.reconnect or self._closing:
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
             try:
                 async with websockets.connect(
                     self.ws_url,
@@ -279,13 +419,19 @@ class ChatClient:
                     max_size=self.max_size,
                     compression=None,
                     open_timeout=10,
+                    proxy=self.proxy,
                 ) as ws:
                     self._ws = ws
+                    self._ws_worked = True
                     backoff = 0.05
                     await self._session(ws)
                 self.close_codes.append(ws.close_code)
             except Exception as exc:
                 log.warning("connection failed: %r", exc)
+                if self.transport == "auto" and self._ws is None and not self._ws_worked:
+                    log.info("WebSocket unavailable; falling back to long polling")
+                    self.mode = "longpoll"
+                    continue
                 if isinstance(exc, websockets.ConnectionClosed):
                     self.close_codes.append(exc.rcvd.code if exc.rcvd else None)
                 if isinstance(exc, websockets.InvalidStatus) and not self.connected.is_set():
@@ -309,51 +455,57 @@ class ChatClient:
         pending_ack = 0
         async for raw in ws:
             frame = server_frame_decoder.decode(raw)
-            if isinstance(frame, MsgFrame):
-                self.cursor = frame.seq
-                self._deliver(Delivery(frame.seq, frame.message))
-                pending_ack += 1
-                if self.auto_ack and (pending_ack >= 100 or self.caught_up.is_set()):
-                    pending_ack = 0
-                    await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
-            elif isinstance(frame, SentFrame):
-                entry = self._pending.pop(frame.client_id, None)
-                if entry and not entry[1].done():
-                    entry[1].set_result(Sent(frame.client_id, frame.id, frame.conv, frame.ts))
-            elif isinstance(frame, ErrorFrame):
-                entry = self._pending.pop(frame.ref, None) if frame.ref else None
-                request = self._requests.get(frame.ref) if frame.ref else None
-                if entry and not entry[1].done():
-                    entry[1].set_exception(ApiError(0, frame.code, frame.message))
-                elif request and not request.done():
-                    request.set_exception(ApiError(0, frame.code, frame.message))
-                else:
-                    self.errors.append(frame)
-            elif isinstance(frame, HistoryPage | Conversations | Receipts | PresenceList):
-                request = self._requests.get(frame.ref)
-                if request and not request.done():
-                    request.set_result(frame)
-            elif isinstance(frame, CaughtUp):
-                self.cursor = max(self.cursor or 0, frame.seq)
-                if self.auto_ack and pending_ack:
-                    pending_ack = 0
-                    await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
-                self.caught_up.set()
-            elif isinstance(frame, TypingEvent | ReceiptEvent | PresenceEvent):
-                self._events.put_nowait(frame)
-            elif isinstance(frame, ResyncNeeded):
+            if isinstance(frame, ResyncNeeded):
                 self.resync_needed = frame
                 if self.catch_up_from_history:
                     await self._catch_up_from_history()
                     # the inbox still holds everything from first_seq on: replay all of it
                     self.cursor = max(frame.first_seq - 1, 0)
                     await ws.send(_encode({"type": "hello", "cursor": self.cursor}).decode())
+                continue
+            self._handle(frame)
+            if isinstance(frame, MsgFrame):
+                pending_ack += 1
+                if self.auto_ack and (pending_ack >= 100 or self.caught_up.is_set()):
+                    pending_ack = 0
+                    await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
+            elif isinstance(frame, CaughtUp) and self.auto_ack and pending_ack:
+                pending_ack = 0
+                await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
+
+    def _handle(self, frame: object) -> None:
+        """One server frame, whichever transport brought it."""
+        if isinstance(frame, MsgFrame):
+            self.cursor = frame.seq
+            self._deliver(Delivery(frame.seq, frame.message))
+        elif isinstance(frame, SentFrame):
+            entry = self._pending.pop(frame.client_id, None)
+            if entry and not entry[1].done():
+                entry[1].set_result(Sent(frame.client_id, frame.id, frame.conv, frame.ts))
+        elif isinstance(frame, ErrorFrame):
+            entry = self._pending.pop(frame.ref, None) if frame.ref else None
+            request = self._requests.get(frame.ref) if frame.ref else None
+            if entry and not entry[1].done():
+                entry[1].set_exception(ApiError(0, frame.code, frame.message))
+            elif request and not request.done():
+                request.set_exception(ApiError(0, frame.code, frame.message))
+            else:
+                self.errors.append(frame)
+        elif isinstance(frame, HistoryPage | Conversations | Receipts | PresenceList):
+            request = self._requests.get(frame.ref)
+            if request and not request.done():
+                request.set_result(frame)
+        elif isinstance(frame, CaughtUp):
+            self.cursor = max(self.cursor or 0, frame.seq)
+            self.caught_up.set()
+        elif isinstance(frame, TypingEvent | ReceiptEvent | PresenceEvent):
+            self._events.put_nowait(frame)
 
     async def _catch_up_from_history(self) -> None:
         """What the inbox no longer holds, from history: for each of my conversations, every
         message after the newest one I have (less a margin: a message can reach an inbox up to
         a few seconds after a newer one got its id), de-duplicated as usual."""
-        convs = await _call(self.base_url, "GET", "/v1/conversations", self.token)
+        convs = await self._http("GET", "/v1/conversations")
         for summary in convs:
             conv = summary["conv"]
             known = self.conversations.get(conv)
@@ -363,11 +515,10 @@ class ChatClient:
                 else FIRST_ID
             )
             while True:
-                page = await _call(
-                    self.base_url,
+                page = await self._http(
                     "GET",
-                    f"/v1/conversations/{conv}/messages?after={after}&limit={MAX_PAGE}",
-                    self.token,
+                    f"/v1/conversations/{conv}/messages",
+                    params={"after": after, "limit": MAX_PAGE},
                 )
                 messages = msgspec.convert(page["messages"], list[ChatMessage])
                 for message in messages:

@@ -46,6 +46,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_per_message_deflate: bool = False
     """Compression costs tens of KB of memory per connection; off unless wanted."""
 
+    # long polling
+    poll_timeout_s: float = 25.0
+    """Longest a poll is held before it answers with no frames: under the idle timeout of
+    common proxies (often 30 to 60 s), and under the presence TTL, so a client that polls
+    continuously stays online."""
+
     # limits (see core.chat.Limits for what each means)
     max_message_chars: int = 100_000
     replay_batch: int = 256

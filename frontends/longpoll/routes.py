@@ -1,0 +1,43 @@
+"""The long-polling frontend: ``GET /v1/poll?cursor=N&timeout=S``, for clients behind proxies
+that do not let WebSockets through. Sends go over plain HTTP (``POST /v1/messages``)."""
+
+from __future__ import annotations
+
+from litestar import Request, Response, get
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from core.longpoll import LongPoll
+from core.model import Device
+from frontends.http.routes import provide_device
+
+
+@get(
+    "/v1/poll",
+    summary="Long poll: inbox messages and events after a cursor",
+    description=(
+        "Answers at once when the inbox holds messages after `cursor`, else when one arrives "
+        "or an event (typing, receipt, presence) does, else after `timeout` seconds (capped "
+        "by the server, 25 by default) with no frames. The body is `{cursor, frames}`: the "
+        "frames are the WebSocket protocol's server frames (docs/protocol.md); poll again with "
+        "the returned cursor, which also acknowledges what you received. No `cursor`: the "
+        "position this device acknowledged last. A pending poll is the presence heartbeat."
+    ),
+    dependencies={"device": Provide(provide_device)},
+    tags=["long polling"],
+    media_type="application/json",
+)
+async def poll(
+    request: Request[object, object, State],
+    device: Device,
+    cursor: int | None = None,
+    timeout: float | None = None,
+) -> Response[bytes]:
+    longpoll: LongPoll = request.app.state.longpoll
+    cap: float = request.app.state.poll_timeout_s
+    wait = cap if timeout is None else max(0.0, min(timeout, cap))
+    if cursor is not None and cursor < 0:
+        cursor = 0
+    next_cursor, frames = await longpoll.poll(device, cursor, wait)
+    body = f'{{"cursor":{next_cursor},"frames":[{",".join(frames)}]}}'
+    return Response(body.encode(), media_type="application/json")
