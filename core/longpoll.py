@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import time
 
+from core import metrics
 from core.chat import Chat
 from core.feed import InboxFeed
 from core.model import Device
@@ -86,6 +87,7 @@ class LongPoll:
 
         unwatch = await chat.inbox.watch(user, on_entry, on_event)
         unwatch_presence = chat.presence.watch(visible, on_presence)
+        metrics.PENDING_POLLS.inc()
         try:
             entries = feed.on_read(await chat.inbox.read(user, cursor, limits.replay_batch))
             if not entries:
@@ -104,6 +106,7 @@ class LongPoll:
                         await chat.inbox.read(user, feed.position, limits.replay_batch)
                     )
         finally:
+            metrics.PENDING_POLLS.dec()
             unwatch_presence()
             await unwatch()
         return feed.position, [encode_msg(e.seq, e.data) for e in entries] + frames

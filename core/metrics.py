@@ -21,4 +21,5 @@ ARCHIVER_LAG = Gauge(
 EVENTS_DROPPED = Counter(
     "jetchat_events_dropped_total", "Ephemeral events dropped (rate limit, slow client)", ["reason"]
 )
+PENDING_POLLS = Gauge("jetchat_pending_polls", "Long polls waiting for something to answer")
 SLOW_CONSUMERS = Counter("jetchat_slow_consumers_total", "Connections closed as slow consumers")
