@@ -17,6 +17,7 @@ import nats
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.types import ControllerRouterHandler
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -222,6 +223,21 @@ def prometheus_metrics() -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+def frontend_routes(settings: Settings) -> list[ControllerRouterHandler]:
+    chosen = {f.strip() for f in settings.frontends.split(",") if f.strip()}
+    unknown = chosen - {"ws", "longpoll", "http"}
+    if unknown:
+        raise SystemExit(f"bad configuration: JETCHAT_FRONTENDS has unknown {sorted(unknown)}")
+    routes: list[ControllerRouterHandler] = []
+    if "http" in chosen:
+        routes += route_handlers
+    if "ws" in chosen:
+        routes.append(ws_handler)
+    if "longpoll" in chosen:
+        routes.append(poll)
+    return routes
+
+
 def create_app(settings: Settings) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -243,9 +259,7 @@ def create_app(settings: Settings) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            *route_handlers,
-            ws_handler,
-            poll,
+            *frontend_routes(settings),
             healthz,
             readyz,
             prometheus_metrics,

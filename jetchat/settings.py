@@ -46,6 +46,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_per_message_deflate: bool = False
     """Compression costs tens of KB of memory per connection; off unless wanted."""
 
+    frontends: str = "ws,longpoll,http"
+    """Which frontends this process serves, comma-separated: ``ws`` (/v1/ws), ``longpoll``
+    (/v1/poll), ``http`` (the rest of /v1). They share one core and can run together or in
+    separate processes; health, readiness and metrics are always served."""
+
     # long polling
     poll_timeout_s: float = 25.0
     """Longest a poll is held before it answers with no frames: under the idle timeout of

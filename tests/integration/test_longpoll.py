@@ -178,3 +178,29 @@ async def test_1000_pending_polls_each_answered_when_its_message_comes(spawn, pg
     group_of = [0] * 499 + [1] * 499 + [2] * 2
     late = [answered[i] - sent_at[group_of[i]] for i in range(1000)]
     assert max(late) < 1.0, f"slowest poll answered {max(late):.2f} s after its message"
+
+
+async def test_frontends_run_apart_and_talk_through_the_same_core(spawn, pg_dsn):
+    """One process only long-polls, another only serves WebSocket and HTTP."""
+    poller = spawn(frontends="longpoll", poll_timeout_s="2")
+    rest = spawn(frontends="ws,http")
+    (alice, ta), (bob, tb) = await bulk_users(pg_dsn, "fa", 2)
+    async with httpx.AsyncClient() as http:
+        assert (await http.post(f"{poller.base_url}/v1/messages", json={})).status_code == 404
+        assert (await http.get(f"{rest.base_url}/v1/poll")).status_code == 404
+    got = []
+    async with ChatClient(rest.base_url, ta, cursor=0) as a:
+        sent = await a.send(bob, "from the ws process")
+        async with httpx.AsyncClient(timeout=10) as http:
+            cursor = 0
+            async with asyncio.timeout(10):
+                while not got:
+                    resp = await http.get(
+                        f"{poller.base_url}/v1/poll",
+                        params={"cursor": cursor, "timeout": 2},
+                        headers={"authorization": f"Bearer {tb}"},
+                    )
+                    body = msgspec.json.decode(resp.content)
+                    got = [f["message"]["id"] for f in body["frames"] if f["type"] == "msg"]
+                    cursor = body["cursor"]
+    assert got == [sent.id]
