@@ -7,8 +7,8 @@ import itertools
 import nats
 
 from jetchat.client import log_in, sign_up
+from jetchat.seed import PASSWORD, bulk_users  # noqa: F401 - used by the tests
 
-PASSWORD = "correct horse battery"
 _users = itertools.count()
 
 
@@ -33,42 +33,3 @@ async def inbox_count(nats_url: str, user: str) -> int:
         return (info.state.subjects or {}).get(f"chat.inbox.{user}", 0)
     finally:
         await nc.close()
-
-
-async def bulk_users(pg_dsn: str, prefix: str, n: int) -> list[tuple[str, str]]:
-    """``n`` users with one device each, written straight into Postgres (hashing 500 passwords
-    with argon2 would take most of a minute): ``[(user_id, token), ...]``."""
-    import secrets
-    import time
-
-    import argon2
-    import psycopg
-
-    from core.ids import token_hash
-    from storage.postgres import to_timestamp
-
-    password_hash = argon2.PasswordHasher().hash(PASSWORD)
-    now = int(time.time() * 1000)
-    created = []
-    base = next(_users)
-    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn, conn.cursor() as cur:
-        for i in range(n):
-            user, token = f"{prefix}{base}_{i}", secrets.token_urlsafe(32)
-            await cur.execute(
-                "INSERT INTO users (id, display_name, password_hash, created_at) "
-                "VALUES (%s, %s, %s, %s)",
-                (user, user, password_hash, to_timestamp(now)),
-            )
-            await cur.execute(
-                "INSERT INTO devices (id, user_id, name, token_hash, created_at, expires_at) "
-                "VALUES (%s, %s, 'bulk', %s, %s, %s)",
-                (
-                    secrets.token_hex(8),
-                    user,
-                    token_hash(token),
-                    to_timestamp(now),
-                    to_timestamp(now + 86_400_000),
-                ),
-            )
-            created.append((user, token))
-    return created

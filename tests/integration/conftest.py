@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from jetchat_process import JetchatProcess
+
+from jetchat.process import JetchatProcess
 
 # Short intervals so tests never wait long; production defaults are in jetchat/settings.py.
 TEST_ENV = {

@@ -6,10 +6,10 @@ import asyncio
 import time
 
 from helpers import device, new_user
-from jetchat_process import JetchatProcess
 from servers import processes_using, scratch_dir
 
 from jetchat.client import ChatClient
+from jetchat.process import JetchatProcess
 
 
 async def test_embedded_defaults_chat_then_shut_down_cleanly(tmp_path):

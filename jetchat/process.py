@@ -1,4 +1,4 @@
-"""Run ``jetchat serve`` as a real child process for end-to-end tests."""
+"""Run ``jetchat`` as a real child process (end-to-end tests, benchmarks)."""
 
 from __future__ import annotations
 
