@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from jetchat.embedded import EmbeddedServerError, free_port
+from jetchat.embedded import EmbeddedServerError, _alive, _read_from, _wait_gone, free_port
 
 __all__ = [
     "CASSANDRA_VERSION",
@@ -316,21 +316,6 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def _is_our_node(pid: int, data_dir: Path) -> bool:
     """Whether ``pid`` is a CassandraDaemon started on ``data_dir`` (guards against a stale
     pidfile whose PID now belongs to another process)."""
@@ -340,15 +325,6 @@ def _is_our_node(pid: int, data_dir: Path) -> bool:
         return False
     args = cmdline.split(b"\0")
     return _MAIN_CLASS.encode() in args and f"-Dcassandra.storagedir={data_dir}".encode() in args
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_POLL)
-    return True
 
 
 def running_pid(data_dir: Path | str) -> int | None:
@@ -778,15 +754,6 @@ def _first_error(log: str) -> str:
         if line.startswith("ERROR"):
             return "\n".join(x[:400] for x in lines[i : i + 4])
     return "(no ERROR in the log)"
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 # -------------------------------------------------------------------------------------- CLI

@@ -13,6 +13,8 @@ import nats
 import psycopg
 from psycopg import sql
 
+from jetchat.embedded import _alive
+
 TEMPLATE_DB = "jetchat_template"
 """The migrated database every test database is copied from (CREATE DATABASE ... TEMPLATE)."""
 
@@ -71,15 +73,7 @@ async def drop_database(admin_dsn: str, name: str) -> None:
 
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, exited and awaiting its reaper, does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    return _alive(pid)
 
 
 def processes_using(path: Path) -> list[int]:
