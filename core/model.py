@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 
 
@@ -57,6 +59,43 @@ class ConversationSummary(msgspec.Struct, frozen=True):
     last_ts: int
     read_up_to: str = ""
     unread: int = 0
+
+
+HISTORY_COLUMNS = "conv, id, sender, sender_device, recipient, body, ts, client_id, event, target"
+"""The history stores' message columns, in the order :func:`message_from_row` reads them
+(``recipient`` is ``to`` and ``body`` is ``text``: both words are reserved in SQL or CQL)."""
+
+
+def message_from_row(row: Sequence[object]) -> ChatMessage:
+    conv, id_, sender, device, to, body, ts, client_id, event, target = row
+    return ChatMessage(
+        id=str(id_),
+        conv=str(conv),
+        sender=str(sender),
+        sender_device=str(device),
+        to=str(to),
+        text=str(body),
+        ts=int(str(ts)),
+        client_id=str(client_id or ""),
+        event=str(event or ""),
+        target=str(target or ""),
+    )
+
+
+def message_row(m: ChatMessage) -> tuple[object, ...]:
+    """The values of :data:`HISTORY_COLUMNS` for a message."""
+    return (
+        m.conv,
+        m.id,
+        m.sender,
+        m.sender_device,
+        m.to,
+        m.text,
+        m.ts,
+        m.client_id,
+        m.event,
+        m.target,
+    )
 
 
 class ReceiptState(msgspec.Struct, frozen=True):

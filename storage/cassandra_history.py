@@ -63,7 +63,15 @@ from cassandra.cluster import (
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, tuple_factory
 
-from core.model import ChatMessage, ConversationSummary, conversation_members, id_time_ms
+from core.model import (
+    HISTORY_COLUMNS,
+    ChatMessage,
+    ConversationSummary,
+    conversation_members,
+    id_time_ms,
+    message_from_row,
+    message_row,
+)
 
 __all__ = [
     "DEFAULT_BUCKET_MS",
@@ -239,6 +247,14 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        2,
+        "history: group timeline events",
+        (
+            "ALTER TABLE {ks}.messages ADD IF NOT EXISTS event text",
+            "ALTER TABLE {ks}.messages ADD IF NOT EXISTS target text",
+        ),
+    ),
 )
 """(version, name, CQL statements with ``{ks}`` for the keyspace). Append only; every statement
 is idempotent (IF NOT EXISTS), so a migration cut short is simply run again."""
@@ -288,14 +304,13 @@ async def migrate(session: Session, keyspace: str, replication: Replication) -> 
 
 # ----------------------------------------------------------------------------------- store
 
-_SELECT_MESSAGES = (  # the columns in the order _message() reads them
-    "SELECT conv, id, sender, sender_device, recipient, body, ts, client_id"
-    " FROM {ks}.messages WHERE conv = ? AND bucket = ?"
+_SELECT_MESSAGES = (  # the columns in the order message_from_row() reads them
+    "SELECT " + HISTORY_COLUMNS + " FROM {ks}.messages WHERE conv = ? AND bucket = ?"  # noqa: S608
 )
 _INSERT_MESSAGE = (
-    "INSERT INTO {ks}.messages"
-    " (conv, bucket, id, sender, sender_device, recipient, body, ts, client_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO {ks}.messages (bucket, "  # noqa: S608 - a constant column list
+    + HISTORY_COLUMNS
+    + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_BUCKET = "INSERT INTO {ks}.conversation_buckets (conv, bucket) VALUES (?, ?)"
 _SELECT_BUCKETS = "SELECT bucket FROM {ks}.conversation_buckets WHERE conv = ?"
@@ -306,20 +321,6 @@ _UPSERT_SUMMARY = (
 _SELECT_SUMMARIES = (
     "SELECT conv, last_id, last_ts FROM {ks}.conversations_by_user WHERE user_id = ?"
 )
-
-
-def _message(row: Row) -> ChatMessage:
-    conv, id_, sender, device, to, body, ts, client_id = row
-    return ChatMessage(
-        id=str(id_),
-        conv=str(conv),
-        sender=str(sender),
-        sender_device=str(device),
-        to=str(to),
-        text=str(body),
-        ts=int(ts),
-        client_id=str(client_id or ""),
-    )
 
 
 class CassandraHistoryStore:
@@ -421,7 +422,7 @@ class CassandraHistoryStore:
     def _batches(
         self, key: tuple[str, int], rows: Mapping[str, ChatMessage]
     ) -> Iterable[BatchStatement]:
-        conv, bucket = key
+        _, bucket = key
         batch = self._new_batch()
         rows_in, chars_in = 0, 0
         for m in sorted(rows.values(), key=lambda m: m.id):
@@ -430,7 +431,7 @@ class CassandraHistoryStore:
                 batch, rows_in, chars_in = self._new_batch(), 0, 0
             batch.add(
                 self._insert_message,
-                (conv, bucket, m.id, m.sender, m.sender_device, m.to, m.text, m.ts, m.client_id),
+                (bucket, *message_row(m)),
             )
             rows_in += 1
             chars_in += len(m.text)
@@ -462,7 +463,7 @@ class CassandraHistoryStore:
                 rows = await _run(
                     self._session, self._after, (conv, bucket, after, limit - len(found))
                 )
-                found += map(_message, rows)
+                found += map(message_from_row, rows)
                 if len(found) >= limit:
                     break
             return found
@@ -473,7 +474,7 @@ class CassandraHistoryStore:
                 rows = await _run(self._session, self._newest, (conv, bucket, want))
             else:
                 rows = await _run(self._session, self._before, (conv, bucket, before, want))
-            found += map(_message, rows)
+            found += map(message_from_row, rows)
             if len(found) >= limit:
                 break
         found.reverse()
@@ -493,7 +494,7 @@ class CassandraHistoryStore:
 
     async def get(self, conv: str, message_id: str) -> ChatMessage | None:
         rows = await _run(self._session, self._get, (conv, self.bucket_of(message_id), message_id))
-        return _message(rows[0]) if rows else None
+        return message_from_row(rows[0]) if rows else None
 
     async def conversations(self, user: str, limit: int) -> list[ConversationSummary]:
         rows = await _run(self._session, self._summaries, (user,))

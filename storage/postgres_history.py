@@ -9,24 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from core.model import ChatMessage, ConversationSummary, conversation_members
+from core.model import (
+    HISTORY_COLUMNS,
+    ChatMessage,
+    ConversationSummary,
+    conversation_members,
+    message_from_row,
+)
 from storage.postgres import Pool
 
-_COLUMNS = "conv, id, sender, sender_device, recipient, body, ts, client_id"
-
-
-def _message(row: tuple[object, ...]) -> ChatMessage:
-    conv, id_, sender, device, to, text, ts, client_id = row
-    return ChatMessage(
-        id=str(id_),
-        conv=str(conv),
-        sender=str(sender),
-        sender_device=str(device),
-        to=str(to),
-        text=str(text),
-        ts=int(ts),  # type: ignore[call-overload]
-        client_id=str(client_id),
-    )
+_COLUMNS = HISTORY_COLUMNS
 
 
 class PostgresHistoryStore:
@@ -46,7 +38,7 @@ class PostgresHistoryStore:
             await conn.execute(
                 f"INSERT INTO messages ({_COLUMNS}) "  # noqa: S608 - constant column list
                 "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-                " %s::text[], %s::text[], %s::bigint[], %s::text[]) "
+                " %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[]) "
                 "ON CONFLICT (conv, id) DO NOTHING",
                 (
                     [m.conv for m in messages],
@@ -57,6 +49,8 @@ class PostgresHistoryStore:
                     [m.text for m in messages],
                     [m.ts for m in messages],
                     [m.client_id for m in messages],
+                    [m.event for m in messages],
+                    [m.target for m in messages],
                 ),
             )
             await conn.execute(
@@ -87,14 +81,14 @@ class PostgresHistoryStore:
                 cur = await conn.execute(
                     f"{select} AND id > %s ORDER BY id ASC LIMIT %s", (conv, after, limit)
                 )
-                return [_message(r) for r in await cur.fetchall()]
+                return [message_from_row(r) for r in await cur.fetchall()]
             if before is not None:
                 cur = await conn.execute(
                     f"{select} AND id < %s ORDER BY id DESC LIMIT %s", (conv, before, limit)
                 )
             else:
                 cur = await conn.execute(f"{select} ORDER BY id DESC LIMIT %s", (conv, limit))
-            return [_message(r) for r in reversed(await cur.fetchall())]
+            return [message_from_row(r) for r in reversed(await cur.fetchall())]
 
     async def get(self, conv: str, message_id: str) -> ChatMessage | None:
         async with self._pool.connection() as conn:
@@ -103,7 +97,7 @@ class PostgresHistoryStore:
                 (conv, message_id),
             )
             row = await cur.fetchone()
-        return _message(row) if row else None
+        return message_from_row(row) if row else None
 
     async def ping(self) -> None:
         async with self._pool.connection() as conn:

@@ -171,3 +171,24 @@ async def test_100000_messages_page_from_end_to_start(make_store: MakeStore):
         before = page[0].id
     seen = [i for page in reversed(pages) for i in page]
     assert seen == [m.id for m in messages]  # every message once, in order: no gap, no repeat
+
+
+async def test_every_field_round_trips_group_events_included(store: HistoryStore):
+    conv = "group.0123456789abcdef"
+    event = ChatMessage(
+        id=f"{T0:012x}0000abcdef01",
+        conv=conv,
+        sender="alice",
+        sender_device="dev",
+        to=conv,
+        text="alice added bob",
+        ts=T0,
+        client_id="event-1",
+        event="added",
+        target="bob",
+    )
+    plain = msg(CONV, T0 + 1, text="héllo 😀")
+    await store.write([event, plain])
+    assert await store.get(conv, event.id) == event
+    assert await store.page(conv, limit=5) == [event]
+    assert await store.get(CONV, plain.id) == plain
