@@ -91,14 +91,15 @@ class LongPoll:
         try:
             entries = feed.on_read(await chat.inbox.read(user, cursor, limits.replay_batch))
             if not entries:
-                waiter = asyncio.ensure_future(superseded.wait())
+                waiters = [
+                    asyncio.ensure_future(wake.wait()),
+                    asyncio.ensure_future(superseded.wait()),
+                ]
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
-                        await asyncio.wait(
-                            [asyncio.ensure_future(wake.wait()), waiter],
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                waiter.cancel()
+                        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:  # a waiter left pending would live on with its event
+                    waiter.cancel()
                 live, need_read = feed.take_live()
                 entries = live
                 if need_read:  # a gap, or dropped live entries: the inbox has them in order
