@@ -18,6 +18,7 @@ TYPING_SHOWN_MS = 5_000
 """How long a client shows "typing…" after a start event unless another one refreshes it
 (clients send start again every few seconds while the user types)."""
 _MAX_BUCKETS = 100_000
+_MEMBERS_CACHE_GROUPS = 10_000
 _MEMBERS_CACHE_S = 5.0
 """Group members are cached this long for typing; a member added or removed meanwhile is
 missed or still told for up to this long, which is fine for an indicator."""
@@ -68,6 +69,8 @@ class Events:
         elif conv.startswith("group."):
             cached = self._members.get(conv)
             if cached is None or cached[0] < time.monotonic():
+                if len(self._members) >= _MEMBERS_CACHE_GROUPS:
+                    self._members.clear()
                 found = await self._groups.members(conv.removeprefix("group."))
                 cached = (time.monotonic() + _MEMBERS_CACHE_S, [m.user_id for m in found])
                 self._members[conv] = cached

@@ -31,6 +31,7 @@ from core.receipts import decode_head, delivered_marks
 _VISIBLE_CACHE_S = 30.0
 """Whose presence a user may see is cached this long per process (a poll per 25 s per device
 would otherwise cost a Postgres query each)."""
+_VISIBLE_CACHE_USERS = 100_000
 _ACK_READ_BATCHES = 4
 """Batches of the acknowledged range read back to send delivered receipts; a device that
 acknowledges more at once (a long catch-up) gets them for the newest part only."""
@@ -136,6 +137,8 @@ class LongPoll:
     async def _visibility(self, user: str) -> tuple[set[str], bool]:
         cached = self._visible.get(user)
         if cached is None or cached[0] < time.monotonic():
+            if len(self._visible) >= _VISIBLE_CACHE_USERS:
+                self._visible.clear()  # cheaper than tracking age: entries are 30 s anyway
             social = self._chat.social
             visible = await social.visible(user)
             hides_own = bool(await social.hidden([user]))
