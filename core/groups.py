@@ -58,12 +58,12 @@ class Groups:
             if not await self._accounts.exists(user):
                 raise ChatError(ErrorCode.NOT_FOUND, f"no user {user!r}")
         group = Group(secrets.token_hex(8), name, creator, self._clock.now_ms())
-        event = await self._event(
+        event, data = await self._event(
             group.id, creator, device, "created", "", f"{creator} created {name!r}"
         )
         members = [Member(creator, ADMIN, event.id)] + [Member(u, MEMBER, event.id) for u in others]
         await self._store.create(group, members)
-        await self._messaging.deliver(msgspec.json.encode(event), [m.user_id for m in members])
+        await self._messaging.deliver(event.id, data, [m.user_id for m in members])
         return _info(group, members)
 
     async def info(self, user: str, group_id: str) -> GroupInfo:
@@ -81,11 +81,11 @@ class Groups:
         async with self._store.changing(group_id) as change:
             _require_admin(change, actor, group_id)
             assert change is not None
-            data = await self._event_bytes(
+            event, data = await self._event(
                 group_id, actor, device, "renamed", "", f"{actor} renamed the group to {name!r}"
             )
             await change.rename(name)
-            await self._messaging.deliver(data, [m.user_id for m in change.members])
+            await self._messaging.deliver(event.id, data, [m.user_id for m in change.members])
             return _info(change.group, change.members)
 
     async def add(self, actor: str, device: str, group_id: str, user: str) -> GroupInfo:
@@ -100,13 +100,11 @@ class Groups:
                 )
             if not await self._accounts.exists(user):
                 raise ChatError(ErrorCode.NOT_FOUND, f"no user {user!r}")
-            event = await self._event(
+            event, data = await self._event(
                 group_id, actor, device, "added", user, f"{actor} added {user}"
             )
             await change.add(user, MEMBER, event.id)
-            await self._messaging.deliver(
-                msgspec.json.encode(event), [m.user_id for m in change.members]
-            )
+            await self._messaging.deliver(event.id, data, [m.user_id for m in change.members])
             return _info(change.group, change.members)
 
     async def remove(self, actor: str, device: str, group_id: str, user: str) -> None:
@@ -127,10 +125,10 @@ class Groups:
                     f"{actor} removed {user}",
                 )
             )
-            event = await self._event(group_id, actor, device, kind, user, text)
+            event, data = await self._event(group_id, actor, device, kind, user, text)
             await change.remove(user, event.id)
             await self._messaging.deliver(
-                msgspec.json.encode(event), [m.user_id for m in change.members] + [user]
+                event.id, data, [m.user_id for m in change.members] + [user]
             )
 
     async def promote(self, actor: str, device: str, group_id: str, user: str) -> GroupInfo:
@@ -139,22 +137,17 @@ class Groups:
             assert change is not None
             if user not in {m.user_id for m in change.members}:
                 raise ChatError(ErrorCode.NOT_FOUND, f"{user!r} is not a member")
-            data = await self._event_bytes(
+            event, data = await self._event(
                 group_id, actor, device, "promoted", user, f"{actor} made {user} an admin"
             )
             await change.set_role(user, ADMIN)
-            await self._messaging.deliver(data, [m.user_id for m in change.members])
+            await self._messaging.deliver(event.id, data, [m.user_id for m in change.members])
             return _info(change.group, change.members)
 
     async def _event(
         self, group_id: str, actor: str, device: str, kind: str, target: str, text: str
-    ) -> ChatMessage:
-        data = await self._event_bytes(group_id, actor, device, kind, target, text)
-        return msgspec.json.decode(data, type=ChatMessage)
-
-    async def _event_bytes(
-        self, group_id: str, actor: str, device: str, kind: str, target: str, text: str
-    ) -> bytes:
+    ) -> tuple[ChatMessage, bytes]:
+        """Place a membership event in the timeline: the event and its stored bytes."""
         conv = group_conversation(group_id)
         client_id = f"event-{uuid.uuid4().hex}"
         return await self._messaging.place(

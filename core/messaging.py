@@ -122,17 +122,7 @@ class Messaging:
 
         copies: list[tuple[str, str, bytes]] = []
         for _, req, rec in writes:
-            msg = ChatMessage(
-                id=rec.id,
-                conv=dm_conversation(sender, req.to),
-                sender=sender,
-                sender_device=device,
-                to=req.to,
-                text=req.text,
-                ts=rec.ts,
-                client_id=req.client_id,
-            )
-            data = _encoder.encode(msg)
+            data = _encoder.encode(self._message(sender, device, req, rec))
             copies.append((req.to, f"{rec.id}.{req.to}", data))
             if req.to != sender:
                 copies.append((sender, f"{rec.id}.{sender}", data))
@@ -175,17 +165,16 @@ class Messaging:
                     if record.logged:  # a resend of a message already in the timeline
                         data = _encoder.encode(self._message(sender, device, req, record))
                     else:
-                        data = await self.place(
+                        placed, data = await self.place(
                             group_id,
                             f"{sender}.{req.client_id}",
                             lambda msg_id, ts: self._message(
                                 sender, device, req, SendRecord(msg_id, ts)
                             ),
                         )
-                        placed = _decode_message(data)
                         record = SendRecord(placed.id, placed.ts, logged=True)
                         await self._ledger.complete(sender, req.client_id, record)
-                    await self.deliver(data, [m.user_id for m in members])
+                    await self.deliver(record.id, data, [m.user_id for m in members])
             await self._ledger.complete(
                 sender, req.client_id, SendRecord(record.id, record.ts, True, True)
             )
@@ -195,10 +184,11 @@ class Messaging:
 
     async def place(
         self, group_id: str, dedupe_key: str, build: Callable[[str, int], ChatMessage]
-    ) -> bytes:
+    ) -> tuple[ChatMessage, bytes]:
         """Write a timeline entry built for the id it gets: an id greater than the timeline's
         newest, written only if no one wrote in between (else read again and retry), so ids
-        follow the group's sequence whichever process writes."""
+        follow the group's sequence whichever process writes. Returns the entry as stored (the
+        first write's, for a resend within the duplicate window) and its bytes."""
         for _ in range(_PLACE_ATTEMPTS):
             seq, last_id = await self._group_log.last(group_id)
             msg_id, ts = self._ids.after(last_id) if last_id else self._ids.next()
@@ -206,19 +196,18 @@ class Messaging:
                 group_id, _encoder.encode(build(msg_id, ts)), seq, dedupe_key
             )
             if placed is not None:
-                return placed[1]
+                return _decode_message(placed[1]), placed[1]
         raise ChatError(ErrorCode.UNAVAILABLE, "the group is too busy right now; retry")
 
-    async def deliver(self, data: bytes, users: Sequence[str]) -> None:
+    async def deliver(self, message_id: str, data: bytes, users: Sequence[str]) -> None:
         """Copy a timeline entry into each user's inbox (idempotent per user)."""
-        msg_id = _decode_message(data).id
-        await self._inbox.append([(u, f"{msg_id}.{u}", data) for u in users])
+        await self._inbox.append([(u, f"{message_id}.{u}", data) for u in users])
 
     @staticmethod
     def _message(sender: str, device: str, req: SendRequest, record: SendRecord) -> ChatMessage:
         return ChatMessage(
             id=record.id,
-            conv=req.to,
+            conv=_conversation(sender, req.to),
             sender=sender,
             sender_device=device,
             to=req.to,
