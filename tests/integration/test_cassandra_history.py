@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from cassandra.cluster import Session
 from servers import process_alive
+from test_history_contract import CONV, T0, msg
 
-from core.model import ChatMessage, dm_conversation
+from core.model import dm_conversation
 from jetchat.cassandra_node import CassandraNode, stop_pidfile
 from storage.cassandra_history import (
     BUCKET_SCAN,
@@ -28,23 +29,6 @@ from storage.cassandra_history import (
 )
 
 MakeStore = Callable[[int], Awaitable[CassandraHistoryStore]]
-
-T0 = 1_790_000_000_000
-CONV = dm_conversation("alice", "bob")
-
-
-def msg(conv: str, ts: int, n: int = 0, text: str = "") -> ChatMessage:
-    sender, to = conv.split(".")[1:3]
-    return ChatMessage(
-        id=f"{ts:012x}{n:04x}{0x0BADCAFE:08x}",
-        conv=conv,
-        sender=sender,
-        sender_device="phone",
-        to=to,
-        text=text or f"at {ts} #{n}",
-        ts=ts,
-        client_id=f"c{ts}-{n}",
-    )
 
 
 async def cql(session: Session, query: str, params: Sequence[Any] = ()) -> list[Any]:
