@@ -29,9 +29,16 @@ def test_benchmark_smoke_run(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert {"raw_nats_py", "one_to_one", "fanout_100", "catchup", "idle_ws"} <= set(results)
-    assert results["one_to_one"]["steps"] and results["catchup"]["drained_per_s"] > 0
-    assert "1:1 WebSocket" in run.stdout
+    scenarios = {"one_to_one", "fanout_20", "fanout_50", "idle_ws", "idle_poll", "catchup"}
+    assert {"raw_nats_py", "archiver", *scenarios} <= set(results)
+    for name in scenarios:
+        assert "jetchat" in results[name], name
+    for name in {"one_to_one", "fanout_20", "idle_ws"} if not _centrifugo_missing() else ():
+        assert "centrifugo" in results[name], name
+    assert results["one_to_one"]["jetchat"]["steps"]
+    assert results["catchup"]["jetchat"]["drained_per_s"] > 0
+    assert results["archiver"]["jetchat"]["rows_per_s"] > 0
+    assert "1:1 jetchat" in run.stdout
 
 
 def _centrifugo_missing() -> bool:
