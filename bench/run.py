@@ -103,6 +103,7 @@ class Bench:
         }
         self.server = JetchatProcess(self.root / "jetchat", self.env).start()
         self.url = self.server.base_url
+        progress(f"jetchat serve is pid {self.server.pid}")
         self.jetchat = Target("jetchat", self.url.replace("http", "ws", 1) + "/v1/ws")
         if self.args.peer:
             self.start_centrifugo()

@@ -44,6 +44,7 @@ from jetstream.group_log import JetStreamGroupLog
 from jetstream.inbox import JetStreamInbox
 from jetstream.kv import KvCursorStore, KvSendLedger
 from jetstream.presence import KvPresenceStore
+from jetstream.publisher import Publisher
 from jetstream.receipts import KvReceiptStore
 from jetstream.revocations import NatsRevocationBus
 from storage.postgres import PostgresAccountStore, migrate, open_pool
@@ -85,11 +86,18 @@ class Services:
         await migrate(pool)
 
         clock = SystemClock()
-        inbox = JetStreamInbox(nc, js, settings.jetstream)
+        publisher = Publisher(nc)
+        await publisher.start()
+        inbox = JetStreamInbox(nc, js, settings.jetstream, publisher)
         await inbox.start()
         revocations = NatsRevocationBus(nc)
         accounts = Accounts(PostgresAccountStore(pool), clock, settings.token_ttl_s, revocations)
-        ledger = KvSendLedger(await js.key_value(settings.jetstream.sends_bucket))
+        ledger = KvSendLedger(
+            await js.key_value(settings.jetstream.sends_bucket),
+            settings.jetstream.sends_bucket,
+            publisher,
+            settings.publish_timeout_s,
+        )
         cursors = KvCursorStore(await js.key_value(settings.jetstream.cursors_bucket))
         group_store = PostgresGroupStore(pool)
         messaging = Messaging(

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 
 from core.errors import ChatError, ErrorCode
 from core.ports import InboxEntry
+from jetstream.publisher import Publisher
 from jetstream.streams import JetStreamSettings
 
 _json = msgspec.json.Encoder()
@@ -28,9 +29,12 @@ class _Watchers:
 
 
 class JetStreamInbox:
-    def __init__(self, nc: NATS, js: JetStreamContext, settings: JetStreamSettings) -> None:
+    def __init__(
+        self, nc: NATS, js: JetStreamContext, settings: JetStreamSettings, publisher: Publisher
+    ) -> None:
         self._nc = nc
         self._js = js
+        self._publisher = publisher
         self._s = settings
         self._reply_prefix = ""
         self._replies: dict[str, asyncio.Queue[Msg]] = {}
@@ -51,10 +55,10 @@ class JetStreamInbox:
         return f"{self._s.inbox_subject}.{user}"
 
     async def append(self, copies: Sequence[tuple[str, str, bytes]]) -> None:
-        # publish_async writes in call order on one connection, so JetStream stores the copies
-        # in that order. Its futures can hang on an error ack (nats.py #985): bound the wait.
+        # Publishes go out in call order on one connection, so JetStream stores the copies in
+        # that order. A lost acknowledgement would leave its future pending: bound the wait.
         futures = [
-            await self._js.publish_async(
+            await self._publisher.publish(
                 self.subject(user), data, headers={"Nats-Msg-Id": dedupe_key}
             )
             for user, dedupe_key, data in copies

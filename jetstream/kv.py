@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from core.model import SendRecord
+from jetstream.publisher import WRONG_LAST_SEQUENCE, Publisher, PublishError
 
 _decode_record = msgspec.json.Decoder(SendRecord).decode
 _encode = msgspec.json.Encoder().encode
@@ -20,20 +22,33 @@ def _send_key(sender: str, client_id: str) -> str:
 
 
 class KvSendLedger:
-    """Implements core.ports.SendLedger. ``create`` is an atomic compare-and-set (expected last
-    subject sequence 0), so two processes racing on one key cannot both claim it."""
+    """Implements core.ports.SendLedger. A claim is an atomic compare-and-set (expected last
+    subject sequence 0), so two processes racing on one key cannot both claim it.
 
-    def __init__(self, kv: KeyValue) -> None:
+    Writes go through the process's :class:`~jetstream.publisher.Publisher` (the key's
+    subject in the bucket's stream, as ``kv.create``/``kv.put`` would), reads through the
+    bucket."""
+
+    def __init__(self, kv: KeyValue, bucket: str, publisher: Publisher, timeout_s: float) -> None:
         self._kv = kv
+        self._publisher = publisher
+        self._subject = f"$KV.{bucket}."
+        self._timeout = timeout_s
+
+    async def _write(self, key: str, record: SendRecord, headers: dict[str, str] | None) -> None:
+        ack = await self._publisher.publish(self._subject + key, _encode(record), headers)
+        async with asyncio.timeout(self._timeout):
+            await ack
 
     async def claim(self, sender: str, client_id: str, record: SendRecord) -> SendRecord | None:
         key = _send_key(sender, client_id)
         for _ in range(3):
             try:
-                await self._kv.create(key, _encode(record))
+                await self._write(key, record, {"Nats-Expected-Last-Subject-Sequence": "0"})
                 return None
-            except KeyWrongLastSequenceError:
-                pass
+            except PublishError as err:
+                if err.err_code != WRONG_LAST_SEQUENCE:
+                    raise
             try:
                 entry = await self._kv.get(key)
             except KeyNotFoundError:  # expired between the two calls: claim again
@@ -43,7 +58,7 @@ class KvSendLedger:
         raise RuntimeError(f"send ledger key {key} keeps changing")
 
     async def complete(self, sender: str, client_id: str, record: SendRecord) -> None:
-        await self._kv.put(_send_key(sender, client_id), _encode(record))
+        await self._write(_send_key(sender, client_id), record, None)
 
 
 class KvCursorStore:
