@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import weakref
 from collections.abc import Callable, Sequence
@@ -15,6 +16,8 @@ from core.errors import ChatError, ErrorCode
 from core.ids import USER_ID_RE, MessageIds
 from core.model import ChatMessage, SendRecord, Sent, dm_conversation
 from core.ports import GroupLog, GroupStore, InboxLog, SendLedger
+
+log = logging.getLogger(__name__)
 
 MAX_CLIENT_ID_CHARS = 64
 _PLACE_ATTEMPTS = 20  # writers of one group racing from several processes
@@ -39,8 +42,8 @@ class Messaging:
     with the message id and timestamp chosen for it; a resend reuses them, so a copy written
     twice (a retry after a crash) carries the same id and is removed by the stream's duplicate
     window or, after it, by the client's de-duplication by id. Once both copies are
-    acknowledged the ledger records it, and a resend returns the original result writing
-    nothing.
+    acknowledged the ledger records it (without holding up ``Sent``), and a resend returns the
+    original result writing nothing.
     """
 
     def __init__(
@@ -65,8 +68,23 @@ class Messaging:
         self._ledger = ledger
         self._ids = ids
         self._max_chars = max_message_chars
+        self._completing: set[asyncio.Future[None]] = set()  # ledger marks in flight
         # Users are never deleted, so a recipient once found stays valid: cache the hits.
         self._known_users: set[str] = set()
+
+    def _complete_later(self, sender: str, records: list[tuple[str, SendRecord]]) -> None:
+        async def complete() -> None:
+            outcomes = await asyncio.gather(
+                *(self._ledger.complete(sender, cid, rec) for cid, rec in records),
+                return_exceptions=True,
+            )
+            failed = sum(isinstance(o, BaseException) for o in outcomes)
+            if failed:
+                log.warning("send ledger marks not written", extra={"count": failed})
+
+        task = asyncio.ensure_future(complete())
+        self._completing.add(task)
+        task.add_done_callback(self._completing.discard)
 
     async def send(self, sender: str, device: str, request: SendRequest) -> Sent:
         result = (await self.send_many(sender, device, [request]))[0]
@@ -135,17 +153,16 @@ class Messaging:
                     results[i] = failure
                 writes = []
 
-        done = await asyncio.gather(
-            *(
-                self._ledger.complete(sender, req.client_id, SendRecord(rec.id, rec.ts, True))
-                for _, req, rec in writes
-            ),
-            return_exceptions=True,
-        )
-        for (i, req, rec), outcome in zip(writes, done, strict=True):
-            # The copies are durable even if the ledger update failed; a resend then rewrites
-            # them with the same id, which the client de-duplicates.
-            del outcome
+        if writes:
+            # The "done" marks are not waited for: until one lands, a resend finds the claim
+            # and rewrites the copies with the same id, which the stream's duplicate window
+            # drops (the client would de-duplicate them by id after it). So "sent" goes out
+            # one round trip sooner, and a crash before the mark lands loses nothing.
+            self._complete_later(
+                sender,
+                [(req.client_id, SendRecord(rec.id, rec.ts, True)) for _, req, rec in writes],
+            )
+        for i, req, rec in writes:
             results[i] = Sent(req.client_id, rec.id, _conversation(sender, req.to), rec.ts)
         return [r if r is not None else ChatError(ErrorCode.INTERNAL, "lost") for r in results]
 
