@@ -35,11 +35,15 @@ PAD = "x" * 100  # every benchmark message's text ends with this: a short chat l
 
 @dataclass(frozen=True)
 class Target:
-    """What the workers connect to. ``kind`` is ``jetchat`` or ``centrifugo``."""
+    """What the workers connect to. ``kind`` is ``jetchat`` or ``centrifugo``. With several
+    URLs (several jetchat processes), connection ``i`` goes to ``ws_urls[i % n]``."""
 
     kind: str
-    ws_url: str
+    ws_urls: tuple[str, ...]
     secret: str = ""  # Centrifugo's HMAC secret for connection tokens
+
+    def url(self, i: int) -> str:
+        return self.ws_urls[i % len(self.ws_urls)]
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,9 @@ class JetchatConn:
         self._reader: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, target: Target, peer: Peer, on_text: OnText) -> JetchatConn:
+    async def open(cls, url: str, peer: Peer, on_text: OnText) -> JetchatConn:
         ws = await websockets.connect(
-            target.ws_url,
+            url,
             additional_headers={"authorization": f"Bearer {peer.token}"},
             compression=None,
             max_size=2**22,
@@ -157,7 +161,7 @@ class CentrifugoConn:
     ) -> CentrifugoConn:
         from bench.centrifugo import CentrifugoClient, token
 
-        client = CentrifugoClient(target.ws_url, token(target.secret, peer.user))
+        client = CentrifugoClient(target.url(0), token(target.secret, peer.user))
         conn = cls(client, on_text)
         await client.connect()
         for channel in channels:
@@ -176,23 +180,30 @@ class CentrifugoConn:
         await self._client.close()
 
 
-async def open_conn(target: Target, peer: Peer, on_text: OnText, group: str = "") -> Conn:
+async def open_conn(target: Target, i: int, peer: Peer, on_text: OnText, group: str = "") -> Conn:
     if target.kind == "jetchat":
-        return await JetchatConn.open(target, peer, on_text)
+        return await JetchatConn.open(target.url(i), peer, on_text)
     channels = [f"personal.{peer.user}"] + ([group] if group else [])
     return await CentrifugoConn.open(target, peer, on_text, channels)
 
 
 async def open_many(
-    target: Target, peers: Sequence[Peer], on_text: Callable[[int], OnText], group: str = ""
+    target: Target,
+    peers: Sequence[Peer],
+    on_text: Callable[[int], OnText],
+    group: str = "",
+    offset: int = 0,
 ) -> list[Conn]:
     """Open connections 100 at a time (a burst of thousands of upgrades at once only
-    measures the listen backlog)."""
+    measures the listen backlog). Connection ``i`` goes to server ``i + offset``."""
     out: list[Conn] = []
     for start in range(0, len(peers), 100):
         chunk = peers[start : start + 100]
         out += await asyncio.gather(
-            *(open_conn(target, p, on_text(start + i), group) for i, p in enumerate(chunk))
+            *(
+                open_conn(target, start + i + offset, p, on_text(start + i), group)
+                for i, p in enumerate(chunk)
+            )
         )
     return out
 
@@ -224,7 +235,8 @@ class Worker:
             senders = [s for s, _ in spec.pairs]
             receivers = [r for _, r in spec.pairs]
             self.conns = await open_many(target, senders, lambda _: _ignore)
-            self.conns += await open_many(target, receivers, lambda _: self._on_pair_text)
+            # with several servers, each receiver is on another one than its sender
+            self.conns += await open_many(target, receivers, lambda _: self._on_pair_text, offset=1)
         if spec.members:
             self.conns = await open_many(
                 target, spec.members, lambda _: self._on_group_text, spec.group

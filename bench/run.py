@@ -56,19 +56,22 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
+def rss(pids: list[int]) -> int:
+    return sum(int(psutil.Process(pid).memory_info().rss) for pid in pids)
+
+
 class Cpu:
     """CPU seconds used by some processes between two points: the share of a core each
-    used during a step tells who was the bottleneck."""
+    (or each group of processes) used during a step tells who was the bottleneck."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self._procs = {name: [psutil.Process(p) for p in group] for name, group in pids.items()}
         self._start = time.perf_counter()
         self._before = {name: self._used(p) for name, p in self._procs.items()}
 
     @staticmethod
-    def _used(proc: Any) -> float:
-        t = proc.cpu_times()
-        return float(t.user + t.system)
+    def _used(procs: list[Any]) -> float:
+        return float(sum(t.user + t.system for t in (p.cpu_times() for p in procs)))
 
     def shares(self) -> dict[str, float]:
         wall = time.perf_counter() - self._start
@@ -101,10 +104,16 @@ class Bench:
             # under measurement
             "JETCHAT_ARCHIVER": "false",
         }
-        self.server = JetchatProcess(self.root / "jetchat", self.env).start()
+        self.servers = [
+            JetchatProcess(self.root / f"jetchat{i}", self.env).start()
+            for i in range(self.args.servers)
+        ]
+        self.server = self.servers[0]
         self.url = self.server.base_url
-        progress(f"jetchat serve is pid {self.server.pid}")
-        self.jetchat = Target("jetchat", self.url.replace("http", "ws", 1) + "/v1/ws")
+        progress(f"jetchat serve: pids {[s.pid for s in self.servers]}")
+        self.jetchat = Target(
+            "jetchat", tuple(s.base_url.replace("http", "ws", 1) + "/v1/ws" for s in self.servers)
+        )
         if self.args.peer:
             self.start_centrifugo()
         return self
@@ -124,16 +133,17 @@ class Bench:
     async def __aexit__(self, *exc: object) -> None:
         if self.centrifugo is not None:
             self.centrifugo.stop()
-        self.server.stop()
+        for server in self.servers:
+            server.stop()
         self.pg.stop()
         self.nats.stop()
 
-    def targets(self) -> list[tuple[Target, int]]:
-        """Each system under test with the PID whose memory and CPU count."""
-        out = [(self.jetchat, self.server.pid)]
+    def targets(self) -> list[tuple[Target, list[int]]]:
+        """Each system under test with the PIDs whose memory and CPU count."""
+        out = [(self.jetchat, [s.pid for s in self.servers])]
         if self.centrifugo is not None:
             c = self.centrifugo
-            out.append((Target("centrifugo", c.ws_url, c.secret), c.pid))
+            out.append((Target("centrifugo", (c.ws_url,), c.secret), [c.pid]))
         return out
 
     async def peers(self, target: Target, prefix: str, n: int) -> list[Peer]:
@@ -198,7 +208,7 @@ class Bench:
 
     # --- scenario 1: 1:1 send to receive at rising rates ----------------------------------
 
-    async def one_to_one(self, target: Target, pid: int) -> None:
+    async def one_to_one(self, target: Target, pids: list[int]) -> None:
         pairs, nworkers = self.args.pairs, self.args.workers
         peers = await self.peers(target, "b1_", pairs * 2)
         couples = list(zip(peers[:pairs], peers[pairs:], strict=True))
@@ -209,11 +219,10 @@ class Bench:
         best = None
         async with Workers(specs) as workers:
             await workers.all("open")
-            pids = {"server": pid, "nats": self.nats.pid}
-            pids |= {f"load{i}": p for i, p in enumerate(workers.pids)}
+            groups = {"server": pids, "nats": [self.nats.pid], "load": workers.pids}
             for rate in rates:
                 progress(f"1:1 on {target.kind} at {rate} msg/s for {seconds} s")
-                cpu = Cpu(pids)
+                cpu = Cpu(groups)
                 start = time.perf_counter()
                 answers = await workers.all(
                     "pairs_step", rate / pairs, seconds, time.perf_counter() + 0.2
@@ -241,11 +250,15 @@ class Bench:
                 else:
                     break
                 await asyncio.sleep(1)  # let the last step's stragglers settle
-        self.record("one_to_one", target, {"pairs": pairs, "steps": steps, "best": best})
+        self.record(
+            "one_to_one",
+            target,
+            {"pairs": pairs, "processes": len(pids), "steps": steps, "best": best},
+        )
 
     # --- scenario 2: group fanout ----------------------------------------------------------
 
-    async def fanout(self, target: Target, pid: int, size: int) -> None:
+    async def fanout(self, target: Target, pids: list[int], size: int) -> None:
         peers = await self.peers(target, f"b2_{size}_", size)
         group = "group.bench"
         if target.kind == "jetchat":
@@ -274,7 +287,7 @@ class Bench:
                     to_last.append(max(last for _, last, _ in seen) - seen[0][0])
             progress(f"fanout to {size} on {target.kind}: {rounds} messages at once")
             # All at once: how many deliveries per second the server makes.
-            cpu = Cpu({"server": pid, "nats": self.nats.pid})
+            cpu = Cpu({"server": pids, "nats": [self.nats.pid]})
             burst = await workers.all("group_send", rounds, 0.0, time.perf_counter() + 0.2)
             cores = cpu.shares()
             first = min(at for a in burst for at, _, _ in a["seen"].values())
@@ -296,16 +309,16 @@ class Bench:
 
     # --- scenario 3: idle connections --------------------------------------------------------
 
-    async def idle(self, target: Target, pid: int, n: int) -> None:
+    async def idle(self, target: Target, pids: list[int], n: int) -> None:
         peers = await self.peers(target, "b3_", n)
         specs = [WorkerSpec(target, idle=part) for part in split(peers, self.args.workers)]
         async with Workers(specs) as workers:
             await asyncio.sleep(1)
-            before = psutil.Process(pid).memory_info().rss
+            before = rss(pids)
             progress(f"opening {n} idle WebSockets to {target.kind}")
             await workers.all("open_idle")
             await asyncio.sleep(2)
-            during = psutil.Process(pid).memory_info().rss
+            during = rss(pids)
         self.record(
             "idle_ws",
             target,
@@ -381,7 +394,7 @@ class Bench:
                 progress(f"draining {backlog} inbox entries into Cassandra")
                 archiver.start(timeout=120)
                 start = time.perf_counter()  # from the moment it is running
-                cpu = Cpu({"archiver": archiver.pid, "cassandra": node.pid})
+                cpu = Cpu({"archiver": [archiver.pid], "cassandra": [node.pid]})
                 while (await archiver_lag(js, settings)).total > 0:  # noqa: ASYNC110
                     await asyncio.sleep(0.1)
                 drain_s = time.perf_counter() - start
@@ -446,7 +459,8 @@ def table(results: dict[str, Any]) -> str:
                 if kind == "jetchat":
                     vs += ratio(rate, (peer.get("best") or {}).get("delivered_per_s"))
                 lines.append(
-                    f"1:1 {kind}, {value['pairs']} pairs: best rate with p99 < 100 ms: "
+                    f"1:1 {kind}, {value['pairs']} pairs, {value['processes']} process(es): "
+                    "best rate with p99 < 100 ms: "
                     f"{rate} msg/s, p50 {best.get('p50_ms')} ms, p99 {best.get('p99_ms')} ms, "
                     f"p999 {best.get('p999_ms')} ms{vs}"
                 )
@@ -456,12 +470,11 @@ def table(results: dict[str, Any]) -> str:
                 vs = ""
                 if kind == "jetchat":
                     vs = ratio(value["deliveries_per_s"], peer.get("deliveries_per_s"))
+                of_raw = f" ({value['deliveries_per_s'] / raw:.0%} of raw nats-py)" if raw else ""
                 lines.append(
                     f"{name} {kind}: to the last member p50 {value['p50_ms']} ms, "
-                    f"p99 {value['p99_ms']} ms; {value['deliveries_per_s']} deliveries/s{vs}"
-                    f" (of raw nats-py: {value['deliveries_per_s'] / raw:.0%})"
-                    if raw
-                    else ""
+                    f"p99 {value['p99_ms']} ms; {value['deliveries_per_s']} deliveries/s"
+                    f"{of_raw}{vs}"
                 )
             elif name.startswith("idle"):
                 vs = ""
@@ -491,13 +504,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         async with Bench(root, args) as bench:
             chosen = set((args.only or SCENARIOS).split(","))
             plan: list[tuple[str, Callable[[], Awaitable[None]]]] = [("raw", bench.raw)]
-            for target, pid in bench.targets():
+            for target, pids in bench.targets():
                 small, large = (20, 50) if args.quick else (100, 500)
                 plan += [
-                    ("one_to_one", partial(bench.one_to_one, target, pid)),
-                    ("fanout", partial(bench.fanout, target, pid, small)),
-                    ("fanout", partial(bench.fanout, target, pid, large)),
-                    ("idle", partial(bench.idle, target, pid, args.idle)),
+                    ("one_to_one", partial(bench.one_to_one, target, pids)),
+                    ("fanout", partial(bench.fanout, target, pids, small)),
+                    ("fanout", partial(bench.fanout, target, pids, large)),
+                    ("idle", partial(bench.idle, target, pids, args.idle)),
                 ]
             plan += [
                 ("catchup", lambda: bench.catchup(500 if args.quick else 10_000)),
@@ -524,6 +537,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="1:1 rates to try, msg/s, comma-separated, rising",
     )
     parser.add_argument("--seconds", type=float, default=5, help="length of each 1:1 step")
+    parser.add_argument(
+        "--servers", type=int, default=1, help="jetchat processes (connections spread over them)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
     parser.add_argument("--idle", type=int, default=10_000, help="idle WebSockets to open")
     parser.add_argument(
