@@ -90,7 +90,7 @@ class LongPoll:
         unwatch_presence = chat.presence.watch(visible, on_presence)
         metrics.PENDING_POLLS.inc()
         try:
-            entries = feed.on_read(await chat.inbox.read(user, cursor, limits.replay_batch))
+            entries = feed.on_read(await self._read(user, cursor))
             if not entries:
                 waiters = [
                     asyncio.ensure_future(wake.wait()),
@@ -104,9 +104,7 @@ class LongPoll:
                 live, need_read = feed.take_live()
                 entries = live
                 if need_read:  # a gap, or dropped live entries: the inbox has them in order
-                    entries += feed.on_read(
-                        await chat.inbox.read(user, feed.position, limits.replay_batch)
-                    )
+                    entries += feed.on_read(await self._read(user, feed.position))
         finally:
             metrics.PENDING_POLLS.dec()
             unwatch_presence()
@@ -125,7 +123,7 @@ class LongPoll:
         after = stored or 0
         acked: list[InboxEntry] = []
         for _ in range(_ACK_READ_BATCHES):
-            batch = await chat.inbox.read(user, after, chat.limits.replay_batch)
+            batch = await self._read(user, after)
             acked += [e for e in batch if e.seq <= cursor]
             if not batch or batch[-1].seq >= cursor:
                 break
@@ -133,6 +131,13 @@ class LongPoll:
         heads = [decode_head(e.data) for e in acked]
         await chat.receipts.delivered(user, delivered_marks(user, heads))
         return cursor
+
+    async def _read(self, user: str, after: int) -> list[InboxEntry]:
+        limits = self._chat.limits
+        page = await self._chat.inbox.read_page(
+            user, after, limits.replay_batch, limits.replay_bytes
+        )
+        return page.entries
 
     async def _visibility(self, user: str) -> tuple[set[str], bool]:
         cached = self._visible.get(user)
