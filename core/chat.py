@@ -38,6 +38,10 @@ class Limits(msgspec.Struct, frozen=True):
     """Bytes of stored messages fetched per read at most, whatever ``replay_batch`` says
     (1 MiB): with the read ahead, a replaying connection holds at most twice this, however
     long its messages."""
+    msgs_frame_bytes: int = 64 << 10
+    """Longest ``msgs`` frame (64 KiB): a couple of hundred short messages, so the cost per
+    frame is spread thin while a frame stays far below the 1 MiB a client accepts by
+    default. A message too long to share a frame goes alone, in a ``msg`` frame."""
     live_buffer: int = 1024
     """Live entries held per connection while it is replaying or slow; beyond that they are
     dropped and read back from the inbox, so memory stays bounded."""

@@ -46,8 +46,8 @@ from core.protocol import (
     Welcome,
     decode_client_frame,
     encode,
-    encode_msg,
     error_frame,
+    msg_frames,
 )
 from core.receipts import Head, decode_head, delivered_marks
 
@@ -127,6 +127,7 @@ class Connection:
         # oldest go without a delivered receipt (the read receipt still comes)
         self._delivered: deque[tuple[int, Head]] = deque(maxlen=_TRACKED_DELIVERIES)
         self._attached = False
+        self._protocol = 1  # the version the client speaks, from its hello
 
     @property
     def user(self) -> str:
@@ -176,6 +177,12 @@ class Connection:
                     ChatError(ErrorCode.INVALID_ARGUMENT, "hello was already received")
                 )
                 return
+            if frame.protocol < 1:
+                await self._reply_error(
+                    ChatError(ErrorCode.INVALID_ARGUMENT, "protocol must be >= 1")
+                )
+                return
+            self._protocol = min(frame.protocol, PROTOCOL_VERSION)
             self._feed_task = self._spawn(self._feed_loop(frame.cursor))
         elif isinstance(frame, Ping):
             await self._chat.presence.beat(self.user, self.device.id)  # the heartbeat
@@ -246,8 +253,6 @@ class Connection:
             frame = await self._outbox.get()
             try:
                 await asyncio.wait_for(self._transport.send(frame), timeout)
-                if frame.startswith('{"type":"msg"'):
-                    metrics.DELIVERED.inc()
             except TimeoutError:
                 log.info("slow consumer closed", extra={"device": self.device.id})
                 metrics.SLOW_CONSUMERS.inc()
@@ -295,10 +300,13 @@ class Connection:
         return delivered_marks(self.user, heads)
 
     async def _deliver(self, entries: list[InboxEntry]) -> None:
-        """Queue ``entries`` for the client, in order."""
+        """Queue ``entries`` for the client, in order: several per frame for protocol 2."""
         for entry in entries:
             self._track(entry)
-            await self._outbox.put(encode_msg(entry.seq, entry.data))
+        frames = msg_frames(entries, self._protocol, self._limits.msgs_frame_bytes)
+        for frame in frames:
+            await self._outbox.put(frame)
+        metrics.DELIVERED.inc(len(entries))
 
     async def _replay(self, feed: InboxFeed) -> None:
         """Deliver the inbox after ``feed.position`` up to where it ended at the last read.

@@ -99,3 +99,52 @@ async def test_replay_reads_ahead_in_byte_bounded_pages_each_from_where_the_last
     for (_, last, more), (after, _, _) in itertools.pairwise(reads):
         assert more and after == last  # each read starts where the one before ended
     await conn.aclose()
+
+
+async def test_protocol_2_replays_in_msgs_frames_then_live():
+    limits = Limits(replay_batch=7, replay_bytes=1500, msgs_frame_bytes=700, cursor_flush_s=0.01)
+    chat, _, accounts = make_chat(limits)
+    for n in ("alice", "bob"):
+        await accounts.create_user(User(n, n, "x", 0))
+    sent = [
+        (await chat.messaging.send("alice", "a", SendRequest(f"c{i}", "bob", f"m{i}"))).id
+        for i in range(100)
+    ]
+    t = FakeTransport()
+    conn = Connection(chat, device("bob"), t)
+    await conn.open()
+    assert (await frames(t, 1))[0]["protocol"] == 2
+    await conn.receive('{"type":"hello","cursor":0,"protocol":2}')
+    got: list[tuple[int, str]] = []
+    kinds = set()
+    while (frame := (await frames(t, 1))[0])["type"] != "caught_up":
+        kinds.add(frame["type"])
+        items = frame["items"] if frame["type"] == "msgs" else [frame]
+        got += [(item["seq"], item["message"]["id"]) for item in items]
+    assert "msgs" in kinds  # a page may end with one message alone, in a msg frame
+    assert [i for _, i in got] == sent  # every message once, in order
+    assert frame["seq"] == got[-1][0]
+    live = await chat.messaging.send("alice", "a", SendRequest("c-live", "bob", "live"))
+    [frame] = await frames(t, 1)
+    assert frame["type"] == "msg" and frame["message"]["id"] == live.id  # one alone: msg
+    await conn.receive(f'{{"type":"ack","seq":{frame["seq"]}}}')
+    await conn.aclose()
+    assert await chat.cursors.get("bob", "bob-dev") == frame["seq"]
+
+
+async def test_hello_with_protocol_0_is_refused_and_an_unknown_newer_one_gets_ours():
+    chat, _, accounts = make_chat()
+    for n in ("alice", "bob"):
+        await accounts.create_user(User(n, n, "x", 0))
+    for i in range(3):
+        await chat.messaging.send("alice", "a", SendRequest(f"c{i}", "bob", f"m{i}"))
+    t = FakeTransport()
+    conn = Connection(chat, device("bob"), t)
+    await conn.open()
+    await conn.receive('{"type":"hello","cursor":0,"protocol":0}')
+    assert (await frames(t, 2))[1]["code"] == "invalid_argument"
+    await conn.receive('{"type":"hello","cursor":0,"protocol":99}')
+    replay = await frames(t, 2)
+    assert replay[0]["type"] == "msgs" and len(replay[0]["items"]) == 3
+    assert replay[1]["type"] == "caught_up"
+    await conn.aclose()
