@@ -298,6 +298,8 @@ class ChatClient:
         await self._ws.send(frame)
 
     async def next_message(self, timeout: float = 10) -> Delivery:
+        if not self._inbox.empty():  # no timer and no task when one is waiting already
+            return self._inbox.get_nowait()
         return await asyncio.wait_for(self._inbox.get(), timeout)
 
     async def next_error(self, timeout: float = 10) -> ErrorFrame:
@@ -555,5 +557,8 @@ class ChatClient:
             return
         self._seen.add(msg.id)
         conv = self.conversations.setdefault(msg.conv, [])
-        bisect.insort(conv, msg, key=lambda m: m.id)
+        if not conv or conv[-1].id < msg.id:  # the usual case: newer than all it has
+            conv.append(msg)
+        else:
+            bisect.insort(conv, msg, key=lambda m: m.id)
         self._inbox.put_nowait(delivery)
