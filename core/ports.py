@@ -231,7 +231,7 @@ class PresenceStore(Protocol):
     async def set_last_seen(self, user: str, ms: int) -> None: ...
 
 
-class InboxEntry(msgspec.Struct, frozen=True):
+class InboxEntry(msgspec.Struct, frozen=True, gc=False):
     """One message in a user's inbox.
 
     ``seq`` is its JetStream stream sequence: increasing within an inbox, with gaps (other

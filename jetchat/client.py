@@ -67,7 +67,7 @@ class ApiError(Exception):
         self.message = message
 
 
-class Delivery(msgspec.Struct, frozen=True):
+class Delivery(msgspec.Struct, frozen=True, gc=False):
     seq: int  # the inbox sequence; 0 for a message fetched from history
     message: ChatMessage
 
