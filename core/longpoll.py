@@ -25,7 +25,7 @@ from core.feed import InboxFeed
 from core.model import Device
 from core.ports import InboxEntry
 from core.presence import without_last_seen
-from core.protocol import PresenceEvent, ResyncNeeded, encode, encode_msg
+from core.protocol import PresenceEvent, ResyncNeeded, encode, msg_frames
 from core.receipts import decode_head, delivered_marks
 
 _VISIBLE_CACHE_S = 30.0
@@ -44,9 +44,10 @@ class LongPoll:
         self._visible: dict[str, tuple[float, set[str], bool]] = {}
 
     async def poll(
-        self, device: Device, cursor: int | None, timeout: float
+        self, device: Device, cursor: int | None, timeout: float, protocol: int = 1
     ) -> tuple[int, list[str]]:
-        """Frames for the client and the cursor for its next poll."""
+        """Frames for the client and the cursor for its next poll; messages in ``msgs``
+        frames if the client speaks ``protocol`` 2."""
         chat, user = self._chat, device.user_id
         superseded = asyncio.Event()
         previous = self._pending.get(device.id)
@@ -59,13 +60,18 @@ class LongPoll:
             first, last = await chat.inbox.bounds()
             if cursor > last or 0 < cursor < first - 1:
                 return cursor, [encode(ResyncNeeded(cursor, first, last))]
-            return await self._wait(device, cursor, timeout, superseded)
+            return await self._wait(device, cursor, timeout, superseded, protocol)
         finally:
             if self._pending.get(device.id) is superseded:
                 del self._pending[device.id]
 
     async def _wait(
-        self, device: Device, cursor: int, timeout: float, superseded: asyncio.Event
+        self,
+        device: Device,
+        cursor: int,
+        timeout: float,
+        superseded: asyncio.Event,
+        protocol: int,
     ) -> tuple[int, list[str]]:
         chat, user, limits = self._chat, device.user_id, self._chat.limits
         feed = InboxFeed(cursor, limits.live_buffer)
@@ -90,7 +96,7 @@ class LongPoll:
         unwatch_presence = chat.presence.watch(visible, on_presence)
         metrics.PENDING_POLLS.inc()
         try:
-            entries = feed.on_read(await chat.inbox.read(user, cursor, limits.replay_batch))
+            entries = feed.on_read(await self._read(user, cursor))
             if not entries:
                 waiters = [
                     asyncio.ensure_future(wake.wait()),
@@ -104,14 +110,13 @@ class LongPoll:
                 live, need_read = feed.take_live()
                 entries = live
                 if need_read:  # a gap, or dropped live entries: the inbox has them in order
-                    entries += feed.on_read(
-                        await chat.inbox.read(user, feed.position, limits.replay_batch)
-                    )
+                    entries += feed.on_read(await self._read(user, feed.position))
         finally:
             metrics.PENDING_POLLS.dec()
             unwatch_presence()
             await unwatch()
-        return feed.position, [encode_msg(e.seq, e.data) for e in entries] + frames
+        messages = msg_frames(entries, protocol, limits.msgs_frame_bytes)
+        return feed.position, [*messages, *frames]
 
     async def _acknowledge(self, device: Device, cursor: int | None) -> int:
         """The poll's cursor acknowledges everything up to it: store it, send receipts."""
@@ -125,7 +130,7 @@ class LongPoll:
         after = stored or 0
         acked: list[InboxEntry] = []
         for _ in range(_ACK_READ_BATCHES):
-            batch = await chat.inbox.read(user, after, chat.limits.replay_batch)
+            batch = await self._read(user, after)
             acked += [e for e in batch if e.seq <= cursor]
             if not batch or batch[-1].seq >= cursor:
                 break
@@ -133,6 +138,13 @@ class LongPoll:
         heads = [decode_head(e.data) for e in acked]
         await chat.receipts.delivered(user, delivered_marks(user, heads))
         return cursor
+
+    async def _read(self, user: str, after: int) -> list[InboxEntry]:
+        limits = self._chat.limits
+        page = await self._chat.inbox.read_page(
+            user, after, limits.replay_batch, limits.replay_bytes
+        )
+        return page.entries
 
     async def _visibility(self, user: str) -> tuple[set[str], bool]:
         cached = self._visible.get(user)

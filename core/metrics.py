@@ -12,7 +12,9 @@ SEND_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 CONNECTIONS = Gauge("jetchat_connections", "Open client connections", ["transport"])
-DELIVERED = Counter("jetchat_messages_delivered_total", "Inbox messages written to clients")
+DELIVERED = Counter(
+    "jetchat_messages_delivered_total", "Inbox messages handed to clients' connections to send"
+)
 ARCHIVED = Counter("jetchat_archived_messages_total", "Messages written to the history store")
 ARCHIVER_LAG = Gauge(
     "jetchat_archiver_lag_messages",

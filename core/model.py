@@ -29,7 +29,7 @@ class Device(msgspec.Struct, frozen=True):
     revoked_at: int | None = None
 
 
-class ChatMessage(msgspec.Struct, frozen=True, omit_defaults=True):
+class ChatMessage(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """A text message as stored in JetStream and delivered to devices.
 
     ``id`` is assigned by the server, unique and time-sortable; a conversation is shown in the

@@ -231,7 +231,7 @@ class PresenceStore(Protocol):
     async def set_last_seen(self, user: str, ms: int) -> None: ...
 
 
-class InboxEntry(msgspec.Struct, frozen=True):
+class InboxEntry(msgspec.Struct, frozen=True, gc=False):
     """One message in a user's inbox.
 
     ``seq`` is its JetStream stream sequence: increasing within an inbox, with gaps (other
@@ -241,6 +241,14 @@ class InboxEntry(msgspec.Struct, frozen=True):
     seq: int
     prev_seq: int
     data: bytes
+
+
+class InboxPage(msgspec.Struct, frozen=True):
+    """A read of an inbox: ``entries`` in order, and whether the inbox held more after them
+    at the time of the read."""
+
+    entries: list[InboxEntry]
+    more: bool
 
 
 class InboxLog(Protocol):
@@ -259,6 +267,13 @@ class InboxLog(Protocol):
     async def read(self, user: str, after_seq: int, limit: int) -> list[InboxEntry]:
         """Up to ``limit`` entries of the user's inbox with ``seq > after_seq``, in order and
         without gaps. Fewer than ``limit`` means the inbox had no more at the time of the read."""
+        ...
+
+    async def read_page(self, user: str, after_seq: int, limit: int, max_bytes: int) -> InboxPage:
+        """Like :meth:`read`, but the page also ends once its messages reach ``max_bytes``
+        (the last one may cross it; 0: no byte bound), so one read holds bounded memory
+        whatever the message sizes. It says whether more entries followed at the time of the
+        read, so a short page does not mean the end."""
         ...
 
     async def bounds(self) -> tuple[int, int]:

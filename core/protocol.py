@@ -1,17 +1,23 @@
 """The client protocol: every frame in both directions, decoded and encoded once, here.
 
 Frames are JSON objects tagged by ``"type"``; docs/protocol.md documents each one. The same
-frames travel over WebSocket (one per text frame) and, later, long polling.
+frames travel over WebSocket (one per text frame) and in long-poll answers.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
 
 import msgspec
 
 from core.errors import ChatError, ErrorCode
 from core.model import ChatMessage, ConversationSummary, ReceiptState
+from core.ports import InboxEntry
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""The newest protocol version the server speaks (sent in ``welcome``). A client says in
+``hello`` (or the long poll's ``protocol`` parameter) which version it speaks, 1 if it says
+nothing: version 2 adds the ``msgs`` frame, several inbox messages in one frame."""
 
 
 # --- client -> server --------------------------------------------------------------------
@@ -19,9 +25,11 @@ PROTOCOL_VERSION = 1
 
 class Hello(msgspec.Struct, tag="hello", tag_field="type", forbid_unknown_fields=True):
     """Start receiving: replay the inbox after ``cursor`` (null: the server's stored cursor for
-    this device, 0 if none), then live messages."""
+    this device, 0 if none), then live messages. ``protocol``: the version the client speaks
+    (at most the ``welcome``'s: an older server refuses the field)."""
 
     cursor: int | None = None
+    protocol: int = 1
 
 
 class Send(msgspec.Struct, tag="send", tag_field="type", forbid_unknown_fields=True):
@@ -239,6 +247,20 @@ class MsgFrame(msgspec.Struct, tag="msg", tag_field="type"):
     message: ChatMessage
 
 
+class MsgItem(msgspec.Struct, frozen=True):
+    """One message of a ``msgs`` frame: what a ``msg`` frame carries, without the tag."""
+
+    seq: int
+    message: ChatMessage
+
+
+class MsgsFrame(msgspec.Struct, tag="msgs", tag_field="type"):
+    """Several inbox messages in order (protocol 2): the same as a ``msg`` frame for each
+    item. The server builds it with :func:`msg_frames`."""
+
+    items: list[MsgItem]
+
+
 ServerFrame = (
     Welcome
     | CaughtUp
@@ -254,7 +276,7 @@ ServerFrame = (
     | PresenceEvent
     | PresenceList
 )
-server_frame_decoder = msgspec.json.Decoder(ServerFrame | MsgFrame)
+server_frame_decoder = msgspec.json.Decoder(ServerFrame | MsgFrame | MsgsFrame)
 
 _encoder = msgspec.json.Encoder()
 
@@ -267,6 +289,39 @@ def encode_msg(seq: int, message: bytes) -> str:
     """``{"type":"msg","seq":N,"message":{...}}``, splicing the stored JSON in without a
     decode/encode round trip: the stored bytes are already a JSON ChatMessage."""
     return f'{{"type":"msg","seq":{seq},"message":{message.decode()}}}'
+
+
+_MSGS_ENVELOPE = len('{"type":"msgs","items":[]}')
+_ITEM_ENVELOPE = len('{"seq":,"message":},') + 20  # 20: the most digits a seq can have
+
+
+def msg_frames(entries: Sequence[InboxEntry], protocol: int, max_bytes: int) -> Iterator[str]:
+    """The frames that deliver ``entries`` in order: a ``msg`` frame each for protocol 1;
+    for protocol 2, ``msgs`` frames of consecutive entries, each at most ``max_bytes`` long
+    (a message too large to share a frame goes alone, as a ``msg`` frame). Spliced from the
+    stored JSON like :func:`encode_msg`."""
+    if protocol < 2:
+        for entry in entries:
+            yield encode_msg(entry.seq, entry.data)
+        return
+    group: list[InboxEntry] = []
+    size = _MSGS_ENVELOPE
+    for entry in entries:
+        item = len(entry.data) + _ITEM_ENVELOPE
+        if group and size + item > max_bytes:
+            yield _frame_of(group)
+            group, size = [], _MSGS_ENVELOPE
+        group.append(entry)
+        size += item
+    if group:
+        yield _frame_of(group)
+
+
+def _frame_of(group: list[InboxEntry]) -> str:
+    if len(group) == 1:
+        return encode_msg(group[0].seq, group[0].data)
+    items = b",".join([b'{"seq":%d,"message":%b}' % (e.seq, e.data) for e in group])
+    return f'{{"type":"msgs","items":[{items.decode()}]}}'
 
 
 def error_frame(err: ChatError, ref: str | None = None) -> str:

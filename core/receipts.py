@@ -22,7 +22,7 @@ from core.protocol import ReceiptEvent
 _ID_RE = re.compile(r"^[0-9a-f]{24}$")
 
 
-class Head(msgspec.Struct, frozen=True):
+class Head(msgspec.Struct, frozen=True, gc=False):
     """The fields of a stored message that receipts need (the rest is not decoded)."""
 
     id: str = ""

@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection
 from core.history import FIRST_ID, MAX_PAGE
 from core.model import ChatMessage, ReceiptState, Sent
 from core.protocol import (
+    PROTOCOL_VERSION,
     CaughtUp,
     Conversations,
     ErrorFrame,
@@ -42,7 +43,7 @@ from core.protocol import (
     SentFrame,
     ServerFrame,
     TypingEvent,
-    server_frame_decoder,
+    Welcome,
 )
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,19 @@ class ApiError(Exception):
         self.message = message
 
 
-class Delivery(msgspec.Struct, frozen=True):
+class Delivery(msgspec.Struct, frozen=True, gc=False):
     seq: int  # the inbox sequence; 0 for a message fetched from history
     message: ChatMessage
+
+
+class _Msgs(msgspec.Struct, tag="msgs", tag_field="type"):
+    """core.protocol.MsgsFrame, decoded straight into what next_message returns."""
+
+    items: list[Delivery]
+
+
+_Frame = ServerFrame | MsgFrame | _Msgs
+_decode_frame = msgspec.json.Decoder(_Frame).decode
 
 
 _encode = msgspec.json.Encoder().encode
@@ -109,7 +120,7 @@ async def send_http(base_url: str, token: str, to: str, text: str, client_id: st
 
 class _PollBody(msgspec.Struct):
     cursor: int
-    frames: list[ServerFrame | MsgFrame]
+    frames: list[_Frame]
 
 
 _decode_poll = msgspec.json.Decoder(_PollBody).decode
@@ -287,6 +298,8 @@ class ChatClient:
         await self._ws.send(frame)
 
     async def next_message(self, timeout: float = 10) -> Delivery:
+        if not self._inbox.empty():  # no timer and no task when one is waiting already
+            return self._inbox.get_nowait()
         return await asyncio.wait_for(self._inbox.get(), timeout)
 
     async def next_error(self, timeout: float = 10) -> ErrorFrame:
@@ -372,7 +385,7 @@ class ChatClient:
             while not self._closing:
                 # until caught up, ask for what is there without waiting
                 wait = self.poll_timeout if self.caught_up.is_set() else 0
-                params: dict[str, Any] = {"timeout": wait}
+                params: dict[str, Any] = {"timeout": wait, "protocol": PROTOCOL_VERSION}
                 if self.cursor is not None:
                     params["cursor"] = self.cursor
                 resp = await http.get("/v1/poll", params=params, headers=auth)
@@ -391,7 +404,7 @@ class ChatClient:
                             await self._catch_up_from_history()
                             poll.cursor = max(frame.first_seq - 1, 0)
                         continue
-                    got_messages |= isinstance(frame, MsgFrame)
+                    got_messages |= isinstance(frame, MsgFrame | _Msgs)
                     self._handle(frame)
                 self.cursor = poll.cursor
                 if not got_messages:
@@ -447,35 +460,46 @@ class ChatClient:
             backoff = min(backoff * 2, 1.0)
 
     async def _session(self, ws: ClientConnection) -> None:
+        # welcome comes first and says which protocol the server speaks; hello says which
+        # one we speak (an older server refuses the field, so it is sent only when spoken)
+        welcome = _decode_frame(await ws.recv())
+        protocol = min(welcome.protocol, PROTOCOL_VERSION) if isinstance(welcome, Welcome) else 1
         hello: dict[str, Any] = {"type": "hello", "cursor": self.cursor}
+        if protocol > 1:
+            hello["protocol"] = protocol
         await ws.send(_encode(hello).decode())
         for frame, _ in list(self._pending.values()):
             await ws.send(frame.decode())
         self.connected.set()
         pending_ack = 0
         async for raw in ws:
-            frame = server_frame_decoder.decode(raw)
+            frame = _decode_frame(raw)
             if isinstance(frame, ResyncNeeded):
                 self.resync_needed = frame
                 if self.catch_up_from_history:
                     await self._catch_up_from_history()
                     # the inbox still holds everything from first_seq on: replay all of it
                     self.cursor = max(frame.first_seq - 1, 0)
-                    await ws.send(_encode({"type": "hello", "cursor": self.cursor}).decode())
+                    await ws.send(_encode({**hello, "cursor": self.cursor}).decode())
                 continue
             self._handle(frame)
-            if isinstance(frame, MsgFrame):
-                pending_ack += 1
+            if isinstance(frame, MsgFrame | _Msgs):
+                pending_ack += 1 if isinstance(frame, MsgFrame) else len(frame.items)
                 if self.auto_ack and (pending_ack >= 100 or self.caught_up.is_set()):
                     pending_ack = 0
-                    await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
+                    await ws.send(f'{{"type":"ack","seq":{self.cursor}}}')
             elif isinstance(frame, CaughtUp) and self.auto_ack and pending_ack:
                 pending_ack = 0
                 await ws.send(f'{{"type":"ack","seq":{frame.seq}}}')
 
     def _handle(self, frame: object) -> None:
         """One server frame, whichever transport brought it."""
-        if isinstance(frame, MsgFrame):
+        if isinstance(frame, _Msgs):
+            for delivery in frame.items:
+                self._deliver(delivery)
+            if frame.items:
+                self.cursor = frame.items[-1].seq
+        elif isinstance(frame, MsgFrame):
             self.cursor = frame.seq
             self._deliver(Delivery(frame.seq, frame.message))
         elif isinstance(frame, SentFrame):
@@ -533,5 +557,8 @@ class ChatClient:
             return
         self._seen.add(msg.id)
         conv = self.conversations.setdefault(msg.conv, [])
-        bisect.insort(conv, msg, key=lambda m: m.id)
+        if not conv or conv[-1].id < msg.id:  # the usual case: newer than all it has
+            conv.append(msg)
+        else:
+            bisect.insort(conv, msg, key=lambda m: m.id)
         self._inbox.put_nowait(delivery)

@@ -59,7 +59,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # limits (see core.chat.Limits for what each means)
     max_message_chars: int = 100_000
-    replay_batch: int = 256
+    replay_batch: int = 4096
+    replay_bytes: int = 1 << 20
+    msgs_frame_bytes: int = 64 << 10
     live_buffer: int = 1024
     outbox_bytes: int = 1 << 20
     send_timeout_s: float = 10.0

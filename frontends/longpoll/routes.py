@@ -21,7 +21,8 @@ from frontends.http.routes import provide_device
         "by the server, 25 by default) with no frames. The body is `{cursor, frames}`: the "
         "frames are the WebSocket protocol's server frames (docs/protocol.md); poll again with "
         "the returned cursor, which also acknowledges what you received. No `cursor`: the "
-        "position this device acknowledged last. A pending poll is the presence heartbeat."
+        "position this device acknowledged last. A pending poll is the presence heartbeat. "
+        "`protocol=2`: the messages come in `msgs` frames (several per frame)."
     ),
     dependencies={"device": Provide(provide_device)},
     tags=["long polling"],
@@ -32,12 +33,13 @@ async def poll(
     device: Device,
     cursor: int | None = None,
     timeout: float | None = None,
+    protocol: int = 1,
 ) -> Response[bytes]:
     longpoll: LongPoll = request.app.state.longpoll
     cap: float = request.app.state.poll_timeout_s
     wait = cap if timeout is None else max(0.0, min(timeout, cap))
     if cursor is not None and cursor < 0:
         cursor = 0
-    next_cursor, frames = await longpoll.poll(device, cursor, wait)
+    next_cursor, frames = await longpoll.poll(device, cursor, wait, protocol)
     body = f'{{"cursor":{next_cursor},"frames":[{",".join(frames)}]}}'
     return Response(body.encode(), media_type="application/json")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
+import websockets
 from helpers import device, inbox_count, new_user
 
 from jetchat.client import ChatClient, send_http
@@ -111,3 +113,52 @@ async def test_http_sender_and_websocket_recipient_share_the_conversation(server
         sent = await send_http(url, alice_token, bob, "over plain HTTP", "c-1")
         msg = (await b.next_message()).message
         assert (msg.id, msg.text, msg.sender, msg.to) == (sent.id, "over plain HTTP", alice, bob)
+
+
+async def read_replay(url: str, token: str, hello: str) -> tuple[list[dict], int]:
+    """A raw WebSocket replay from cursor 0: every frame until caught_up, and its seq."""
+    got = []
+    async with websockets.connect(
+        url.replace("http", "ws") + "/v1/ws",
+        additional_headers={"authorization": f"Bearer {token}"},
+        compression=None,
+    ) as ws:
+        welcome = msgspec.json.decode(await ws.recv())
+        assert welcome["type"] == "welcome" and welcome["protocol"] == 2
+        await ws.send(hello)
+        async with asyncio.timeout(30):
+            while (frame := msgspec.json.decode(raw := await ws.recv()))["type"] != "caught_up":
+                got.append(frame)
+                assert len(raw) <= 64 * 1024  # JETCHAT_MSGS_FRAME_BYTES
+    return got, frame["seq"]
+
+
+async def test_1500_caught_up_in_msgs_frames_and_by_an_old_client_in_msg_frames(server):
+    url = server.base_url
+    alice, bob = await new_user(url, "alice"), await new_user(url, "bob")
+    bob_token = await device(url, bob)
+    async with ChatClient(url, await device(url, alice), cursor=0) as a:
+        sent = [s.id for s in await asyncio.gather(*(a.send(bob, f"m{i}") for i in range(1500)))]
+
+    # a client speaking protocol 2 gets them several per frame, in order, once
+    frames, end = await read_replay(url, bob_token, '{"type":"hello","cursor":0,"protocol":2}')
+    assert {f["type"] for f in frames} <= {"msgs", "msg"}  # msg: a message alone
+    assert len(frames) < 100
+    items = [item for f in frames for item in (f["items"] if f["type"] == "msgs" else [f])]
+    assert [i["message"]["id"] for i in items] == sent
+    assert end == items[-1]["seq"]
+
+    # a client that does not say which protocol it speaks gets version 1: one msg each
+    old, old_end = await read_replay(url, bob_token, '{"type":"hello","cursor":0}')
+    assert {f["type"] for f in old} == {"msg"}
+    assert [f["message"]["id"] for f in old] == sent and old_end == end
+
+    # the client library speaks 2, and acknowledging what it got moves the stored cursor
+    async with ChatClient(url, bob_token, cursor=0) as b:
+        assert await collect(b, 1500) == sent
+        await b.caught_up.wait()
+        await asyncio.sleep(0.3)
+        assert b._inbox.empty()
+    async with ChatClient(url, bob_token) as b:  # cursor None: resume where it acked
+        await b.caught_up.wait()
+        assert b.cursor == end and b._inbox.empty()

@@ -204,3 +204,45 @@ async def test_frontends_run_apart_and_talk_through_the_same_core(spawn, pg_dsn)
                     got = [f["message"]["id"] for f in body["frames"] if f["type"] == "msg"]
                     cursor = body["cursor"]
     assert got == [sent.id]
+
+
+async def test_1500_caught_up_by_long_polling_in_msgs_frames_or_msg_frames(spawn, pg_dsn):
+    server = spawn(poll_timeout_s="1")
+    url = server.base_url
+    (alice, ta), (bob, tb) = await bulk_users(pg_dsn, "lpc", 2)
+    async with ChatClient(url, ta, cursor=0) as a:
+        sent = [s.id for s in await asyncio.gather(*(a.send(bob, f"m{i}") for i in range(1500)))]
+
+    async def drain(protocol: int | None) -> tuple[list[str], int, set[str]]:
+        cursor, got, polls, kinds = 0, [], 0, set()
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            while True:
+                params = {"cursor": cursor, "timeout": 0}
+                if protocol is not None:
+                    params["protocol"] = protocol
+                resp = await http.get(
+                    "/v1/poll", params=params, headers={"authorization": f"Bearer {tb}"}
+                )
+                body = msgspec.json.decode(resp.content)
+                polls += 1
+                items = []
+                for frame in body["frames"]:
+                    kinds.add(frame["type"])
+                    if frame["type"] == "msgs":
+                        items += frame["items"]
+                    elif frame["type"] == "msg":
+                        items.append(frame)
+                if not items:
+                    return got, polls, kinds
+                got += [i["message"]["id"] for i in items]
+                cursor = body["cursor"]
+
+    got, polls, kinds = await drain(2)
+    assert got == sent and "msgs" in kinds and kinds <= {"msgs", "msg"}
+    assert polls <= 3  # 1,500 short messages fit one answer (4,096 or 1 MiB at most)
+    got, polls, kinds = await drain(None)  # an old client: one msg frame per message
+    assert got == sent and kinds == {"msg"}
+    async with ChatClient(url, tb, cursor=0, transport="longpoll", poll_timeout=1) as b:
+        ids = [(await b.next_message()).message.id for _ in range(1500)]
+        await b.caught_up.wait()
+        assert ids == sent and b._inbox.empty()

@@ -16,7 +16,7 @@ from core.history import History
 from core.ids import MessageIds
 from core.messaging import Messaging
 from core.model import ChatMessage, ConversationSummary, Device, ReceiptState, SendRecord, User
-from core.ports import InboxEntry
+from core.ports import InboxEntry, InboxPage
 from core.presence import Presence
 from core.receipts import Receipts
 
@@ -90,6 +90,16 @@ class MemoryInbox:
             out.append(InboxEntry(s, prev, d))
             prev = s
         return out
+
+    async def read_page(self, user: str, after_seq: int, limit: int, max_bytes: int) -> InboxPage:
+        mine = await self.read(user, after_seq, 1 << 62)
+        out, size = [], 0
+        for entry in mine[:limit]:
+            out.append(entry)
+            size += len(entry.data)
+            if size >= max_bytes > 0:  # as JetStream: the last entry may cross the bound
+                break
+        return InboxPage(out, len(out) < len(mine))
 
     async def bounds(self) -> tuple[int, int]:
         return (1, len(self.entries)) if self.entries else (0, 0)
