@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -18,6 +19,8 @@ from core.receipts import Receipts
 
 if TYPE_CHECKING:
     from core.connection import Connection
+
+log = logging.getLogger(__name__)
 
 CLOSE_GOING_AWAY = 1001  # server shutting down: reconnect, possibly to another process
 CLOSE_REVOKED = 4001  # the device was logged out or revoked: log in again
@@ -79,6 +82,8 @@ class Chat:
         self.cursors = cursors
         self.limits = limits
         self._by_device: dict[str, set[Connection]] = {}
+        self._unflushed: set[Connection] = set()
+        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def connections(self) -> list[Connection]:
@@ -88,11 +93,37 @@ class Chat:
         self._by_device.setdefault(conn.device.id, set()).add(conn)
 
     def detach(self, conn: Connection) -> None:
+        self._unflushed.discard(conn)  # the connection flushes itself as it closes
         conns = self._by_device.get(conn.device.id)
         if conns is not None:
             conns.discard(conn)
             if not conns:
                 del self._by_device[conn.device.id]
+
+    def acked(self, conn: Connection) -> None:
+        """An attached connection's client acknowledged more: its position is stored within
+        ``limits.cursor_flush_s``. One task of the process writes every connection's position
+        (a task per connection would cost about a kilobyte each, idle or not)."""
+        self._unflushed.add(conn)
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        try:
+            while self._unflushed:
+                await asyncio.sleep(self.limits.cursor_flush_s)
+                conns, self._unflushed = self._unflushed, set()
+                results = await asyncio.gather(
+                    *(c.flush_cursor() for c in conns), return_exceptions=True
+                )
+                for conn, result in zip(conns, results, strict=True):
+                    if isinstance(result, Exception):
+                        # the client replays a little more after a reconnect, nothing is lost
+                        log.warning("storing a cursor failed; retrying", exc_info=result)
+                        if conn in self._by_device.get(conn.device.id, ()):
+                            self._unflushed.add(conn)
+        finally:
+            self._flusher = None
 
     def device_revoked(self, device_id: str) -> None:
         """Close this process's connections of a revoked device (called by the revocation bus)."""
@@ -111,3 +142,5 @@ class Chat:
             *(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in self.connections),
             return_exceptions=True,
         )
+        if self._flusher is not None:
+            self._flusher.cancel()  # each connection stores its position as it closes
