@@ -42,18 +42,18 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
 
 
 def serve(settings: Settings) -> None:
-    from jetchat.app import create_app
+    from jetchat.app import create_app, websocket_protocol
 
     with embedded_servers(settings) as settings:
         log.info("jetchat settings", extra={"settings": settings.public()})
+        app = create_app(settings)
         config = uvicorn.Config(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
-            # The sans-I/O websockets implementation waits while the socket's write buffer is
-            # full, so a client that stops reading blocks our writer (which then closes it
-            # after send_timeout_s) instead of growing server memory.
-            ws="websockets-sansio",
+            # WebSockets are served by frontends/ws without ASGI (see there why); the ws_*
+            # settings below are its settings.
+            ws=websocket_protocol(settings, app) or "none",
             ws_max_size=settings.ws_max_frame_bytes,
             ws_ping_interval=settings.ws_ping_interval_s,
             ws_ping_timeout=settings.ws_ping_timeout_s,
