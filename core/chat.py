@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -81,24 +82,40 @@ class Chat:
         self.inbox = inbox
         self.cursors = cursors
         self.limits = limits
-        self._by_device: dict[str, set[Connection]] = {}
+        self._by_device: dict[str, Connection | set[Connection]] = {}
         self._unflushed: set[Connection] = set()
         self._flusher: asyncio.Task[None] | None = None
 
     @property
     def connections(self) -> list[Connection]:
-        return [c for conns in self._by_device.values() for c in conns]
+        return [c for device in self._by_device for c in self._of_device(device)]
+
+    def _of_device(self, device_id: str) -> Collection[Connection]:
+        conns = self._by_device.get(device_id)
+        if conns is None:
+            return ()
+        return conns if isinstance(conns, set) else (conns,)
 
     def attach(self, conn: Connection) -> None:
-        self._by_device.setdefault(conn.device.id, set()).add(conn)
+        key = conn.device.id
+        current = self._by_device.get(key)
+        if current is None:
+            self._by_device[key] = conn  # one per device, nearly always: no set (~200 bytes)
+        elif isinstance(current, set):
+            current.add(conn)
+        elif current is not conn:
+            self._by_device[key] = {current, conn}
 
     def detach(self, conn: Connection) -> None:
         self._unflushed.discard(conn)  # the connection flushes itself as it closes
-        conns = self._by_device.get(conn.device.id)
-        if conns is not None:
-            conns.discard(conn)
-            if not conns:
-                del self._by_device[conn.device.id]
+        key = conn.device.id
+        current = self._by_device.get(key)
+        if current is conn:
+            del self._by_device[key]
+        elif isinstance(current, set):
+            current.discard(conn)
+            if len(current) == 1:
+                self._by_device[key] = next(iter(current))
 
     def acked(self, conn: Connection) -> None:
         """An attached connection's client acknowledged more: its position is stored within
@@ -120,14 +137,14 @@ class Chat:
                     if isinstance(result, Exception):
                         # the client replays a little more after a reconnect, nothing is lost
                         log.warning("storing a cursor failed; retrying", exc_info=result)
-                        if conn in self._by_device.get(conn.device.id, ()):
+                        if conn in self._of_device(conn.device.id):
                             self._unflushed.add(conn)
         finally:
             self._flusher = None
 
     def device_revoked(self, device_id: str) -> None:
         """Close this process's connections of a revoked device (called by the revocation bus)."""
-        for conn in list(self._by_device.get(device_id, ())):
+        for conn in list(self._of_device(device_id)):
             conn.close_soon(CLOSE_REVOKED, "device logged out or revoked")
 
     async def revoke(self, user: str, device: str) -> None:

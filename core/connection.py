@@ -116,6 +116,36 @@ class Outbox:
         return frame
 
 
+class _Wake:
+    """``asyncio.Event``'s set, clear and wait for a single waiter, allocating nothing while
+    nobody waits (an Event holds a deque: about 800 bytes on every idle connection)."""
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    async def wait(self) -> None:
+        if self._flag:
+            return
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            if self._waiter is waiter:
+                self._waiter = None
+
+
 class Connection:
     def __init__(self, chat: Chat, device: Device, transport: Transport, kind: str = "ws") -> None:
         self._chat = chat
@@ -128,7 +158,7 @@ class Connection:
         self._sends: deque[Send] | None = None
         self._sends_space: asyncio.Event | None = None  # while receive() waits for room
         self._sender: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._reads: set[asyncio.Task[None]] | None = None  # answering history reads etc.
         self._feed_task: asyncio.Task[None] | None = None
         self._acked = -1
         self._flushed = -1
@@ -207,7 +237,9 @@ class Connection:
                 await self._reply_error(err)
         elif isinstance(frame, GetHistory | GetConversations | GetReceipts | GetPresence):
             # Reads run beside the frame loop (they wait on the store); answers carry ``ref``.
-            _ = self._spawn(self._answer_read(frame))
+            if self._reads is None:
+                self._reads = set()
+            self._reads.add(self._spawn(self._answer_read(frame)))
 
     async def close(self, code: int, reason: str) -> None:
         """Close from the server side (shutdown, slow consumer)."""
@@ -234,7 +266,8 @@ class Connection:
             self._chat.detach(self)
             metrics.CONNECTIONS.labels(self._kind).dec()
         self._closed = True
-        tasks = list(self._tasks)
+        tasks = [t for t in (self._writer, self._sender, self._feed_task) if t is not None]
+        tasks += self._reads or ()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -245,12 +278,14 @@ class Connection:
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        if self._reads is not None:
+            self._reads.discard(task)
+            if not self._reads:
+                self._reads = None
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("connection task failed", exc_info=exc)
             self.close_soon(1011, "internal error")
@@ -358,7 +393,7 @@ class Connection:
             return
 
         feed = InboxFeed(cursor, self._limits.live_buffer)
-        wake = asyncio.Event()
+        wake = _Wake()
 
         def on_live(entry: InboxEntry) -> None:
             feed.on_live(entry)
