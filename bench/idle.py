@@ -104,6 +104,7 @@ async def _measure(kind: str, base_url: str, tokens: list[str], pid: int) -> dic
         during = await _settled_rss(server)
         # polls answered while we waited would make the figure one of fewer polls
         await _wait_gauge(base_url, kind, n, timeout=1)
+    await _wait_gauge(base_url, kind, 0)  # the server let them all go
     return {
         "connections": n,
         "rss_mb_before": round(before / 2**20, 1),
