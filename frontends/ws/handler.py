@@ -292,6 +292,11 @@ class WebSocketProtocol(asyncio.Protocol):
             self._refuse(err)
             self._task = None
             return
+        except Exception:
+            log.exception("WebSocket upgrade failed")
+            self._refuse(ChatError(ErrorCode.UNAVAILABLE, "could not check the token; retry"))
+            self._task = None
+            return
         if self._phase == _LOST:
             self._task = None
             return
@@ -306,7 +311,13 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self._phase = _OPENING
         conn = self._conn = Connection(chat, device, self)
-        await conn.open()
+        try:
+            await conn.open()
+        except Exception:
+            log.exception("opening a connection failed")
+            conn.close_soon(1011, "internal error")
+            self._task = None
+            return
         self._phase = _OPEN
         self._ping_at = asyncio.get_running_loop().time()
         self._srv.opened(self)
