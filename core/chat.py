@@ -83,7 +83,8 @@ class Chat:
         self.cursors = cursors
         self.limits = limits
         self._by_device: dict[str, Connection | set[Connection]] = {}
-        self._unflushed: set[Connection] = set()
+        # connections whose acked position is not stored yet, with when to store it
+        self._unflushed: dict[Connection, float] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     @property
@@ -107,7 +108,7 @@ class Chat:
             self._by_device[key] = {current, conn}
 
     def detach(self, conn: Connection) -> None:
-        self._unflushed.discard(conn)  # the connection flushes itself as it closes
+        self._unflushed.pop(conn, None)  # the connection flushes itself as it closes
         key = conn.device.id
         current = self._by_device.get(key)
         if current is conn:
@@ -118,27 +119,40 @@ class Chat:
                 self._by_device[key] = next(iter(current))
 
     def acked(self, conn: Connection) -> None:
-        """An attached connection's client acknowledged more: its position is stored within
-        ``limits.cursor_flush_s``. One task of the process writes every connection's position
-        (a task per connection would cost about a kilobyte each, idle or not)."""
-        self._unflushed.add(conn)
+        """An attached connection's client acknowledged more: its position is stored
+        ``limits.cursor_flush_s`` after the first ack not yet stored. One task of the process
+        writes every connection's position (a task per connection would cost about a kilobyte
+        each, idle or not); each is written at its own time, not all at once, so the writes do
+        not come as one burst that stalls delivery every period."""
+        if conn not in self._unflushed:
+            # the delay is the same for all: insertion order is the order of the deadlines
+            self._unflushed[conn] = asyncio.get_running_loop().time() + self.limits.cursor_flush_s
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush_loop())
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        unflushed = self._unflushed
         try:
-            while self._unflushed:
-                await asyncio.sleep(self.limits.cursor_flush_s)
-                conns, self._unflushed = self._unflushed, set()
+            while unflushed:
+                delay = next(iter(unflushed.values())) - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                now = loop.time()
+                due = []
+                while unflushed and next(iter(unflushed.values())) <= now:
+                    conn = next(iter(unflushed))
+                    del unflushed[conn]
+                    due.append(conn)
                 results = await asyncio.gather(
-                    *(c.flush_cursor() for c in conns), return_exceptions=True
+                    *(c.flush_cursor() for c in due), return_exceptions=True
                 )
-                for conn, result in zip(conns, results, strict=True):
+                for conn, result in zip(due, results, strict=True):
                     if isinstance(result, Exception):
                         # the client replays a little more after a reconnect, nothing is lost
                         log.warning("storing a cursor failed; retrying", exc_info=result)
                         if conn in self._of_device(conn.device.id):
-                            self._unflushed.add(conn)
+                            self.acked(conn)
         finally:
             self._flusher = None
 
