@@ -286,7 +286,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     from bench.run import Bench
     from jetchat.seed import bulk_users
 
-    raise_nofile()  # before the server starts: it inherits the limit
+    raise_nofile()  # here and in the workers; `jetchat serve` raises its own
     # hold polls for the whole measurement (the production cap is 25 s)
     os.environ.setdefault("JETCHAT_POLL_TIMEOUT_S", str(POLL_TIMEOUT_S))
     results: dict[str, Any] = {}

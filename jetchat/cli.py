@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Iterator
 
@@ -41,9 +42,18 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
         yield settings
 
 
+def raise_open_files_limit() -> None:
+    """Soft limit of open files up to the hard one: every client connection is a file
+    descriptor, and the usual soft limit (1024) would stop the server near a thousand."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve(settings: Settings) -> None:
     from jetchat.app import create_app, websocket_protocol
 
+    raise_open_files_limit()
     with embedded_servers(settings) as settings:
         log.info("jetchat settings", extra={"settings": settings.public()})
         app = create_app(settings)
