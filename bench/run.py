@@ -310,6 +310,15 @@ class Bench:
     # --- scenario 3: idle connections --------------------------------------------------------
 
     async def idle(self, target: Target, pids: list[int], n: int) -> None:
+        if target.kind == "jetchat":
+            # each kind against a fresh jetchat, NATS and Postgres (bench/idle.py): memory
+            # that earlier scenarios freed would otherwise be counted as reused
+            from bench import idle
+
+            found = await idle.main_async(argparse.Namespace(ws=n, polls=n))
+            self.record("idle_ws", target, found["idle_ws"])
+            self.record("idle_poll", target, found["pending_polls"])
+            return
         peers = await self.peers(target, "b3_", n)
         specs = [WorkerSpec(target, idle=part) for part in split(peers, self.args.workers)]
         async with Workers(specs) as workers:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -18,6 +20,8 @@ from core.receipts import Receipts
 
 if TYPE_CHECKING:
     from core.connection import Connection
+
+log = logging.getLogger(__name__)
 
 CLOSE_GOING_AWAY = 1001  # server shutting down: reconnect, possibly to another process
 CLOSE_REVOKED = 4001  # the device was logged out or revoked: log in again
@@ -89,25 +93,83 @@ class Chat:
         self.inbox = inbox
         self.cursors = cursors
         self.limits = limits
-        self._by_device: dict[str, set[Connection]] = {}
+        self._by_device: dict[str, Connection | set[Connection]] = {}
+        # connections whose acked position is not stored yet, with when to store it
+        self._unflushed: dict[Connection, float] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def connections(self) -> list[Connection]:
-        return [c for conns in self._by_device.values() for c in conns]
+        return [c for device in self._by_device for c in self._of_device(device)]
+
+    def _of_device(self, device_id: str) -> Collection[Connection]:
+        conns = self._by_device.get(device_id)
+        if conns is None:
+            return ()
+        return conns if isinstance(conns, set) else (conns,)
 
     def attach(self, conn: Connection) -> None:
-        self._by_device.setdefault(conn.device.id, set()).add(conn)
+        key = conn.device.id
+        current = self._by_device.get(key)
+        if current is None:
+            self._by_device[key] = conn  # one per device, nearly always: no set (~200 bytes)
+        elif isinstance(current, set):
+            current.add(conn)
+        elif current is not conn:
+            self._by_device[key] = {current, conn}
 
     def detach(self, conn: Connection) -> None:
-        conns = self._by_device.get(conn.device.id)
-        if conns is not None:
-            conns.discard(conn)
-            if not conns:
-                del self._by_device[conn.device.id]
+        self._unflushed.pop(conn, None)  # the connection flushes itself as it closes
+        key = conn.device.id
+        current = self._by_device.get(key)
+        if current is conn:
+            del self._by_device[key]
+        elif isinstance(current, set):
+            current.discard(conn)
+            if len(current) == 1:
+                self._by_device[key] = next(iter(current))
+
+    def acked(self, conn: Connection) -> None:
+        """An attached connection's client acknowledged more: its position is stored
+        ``limits.cursor_flush_s`` after the first ack not yet stored. One task of the process
+        writes every connection's position (a task per connection would cost about a kilobyte
+        each, idle or not); each is written at its own time, not all at once, so the writes do
+        not come as one burst that stalls delivery every period."""
+        if conn not in self._unflushed:
+            # the delay is the same for all: insertion order is the order of the deadlines
+            self._unflushed[conn] = asyncio.get_running_loop().time() + self.limits.cursor_flush_s
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        unflushed = self._unflushed
+        try:
+            while unflushed:
+                delay = next(iter(unflushed.values())) - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                now = loop.time()
+                due = []
+                while unflushed and next(iter(unflushed.values())) <= now:
+                    conn = next(iter(unflushed))
+                    del unflushed[conn]
+                    due.append(conn)
+                results = await asyncio.gather(
+                    *(c.flush_cursor() for c in due), return_exceptions=True
+                )
+                for conn, result in zip(due, results, strict=True):
+                    if isinstance(result, Exception):
+                        # the client replays a little more after a reconnect, nothing is lost
+                        log.warning("storing a cursor failed; retrying", exc_info=result)
+                        if conn in self._of_device(conn.device.id):
+                            self.acked(conn)
+        finally:
+            self._flusher = None
 
     def device_revoked(self, device_id: str) -> None:
         """Close this process's connections of a revoked device (called by the revocation bus)."""
-        for conn in list(self._by_device.get(device_id, ())):
+        for conn in list(self._of_device(device_id)):
             conn.close_soon(CLOSE_REVOKED, "device logged out or revoked")
 
     async def revoke(self, user: str, device: str) -> None:
@@ -122,3 +184,5 @@ class Chat:
             *(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in self.connections),
             return_exceptions=True,
         )
+        if self._flusher is not None:
+            self._flusher.cancel()  # each connection stores its position as it closes

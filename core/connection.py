@@ -1,9 +1,14 @@
 """One client connection: frames in, frames out, whatever the transport.
 
 The frontend authenticates, accepts, then feeds every received frame to
-:meth:`Connection.receive` and calls :meth:`Connection.aclose` when the peer is gone. Three tasks
-per connection do the rest: the writer (the only one touching ``Transport.send``), the sender
-(batches this device's sends, in order) and, after ``hello``, the feed (replay, then live).
+:meth:`Connection.receive` and calls :meth:`Connection.aclose` when the peer is gone. Tasks do
+the rest: the writer (the only one touching ``Transport.send``), the sender (batches this
+device's sends, in order) and, after ``hello``, the feed (replay, then live). The writer and
+the sender run only while they have work: they start when a frame or a send arrives and end
+when none is left, so an idle connection holds no task of its own but the feed. Acknowledged
+positions are written by one task per process (:class:`core.chat.Chat`), not one per connection.
+Why: memory per idle connection is what bounds how many one process holds (tens of thousands),
+and every task, queue or event costs about a kilobyte.
 """
 
 from __future__ import annotations
@@ -66,20 +71,23 @@ _TRACKED_DELIVERIES = 20_000
 
 class Outbox:
     """Frames waiting for the writer, bounded in bytes: producers wait while it is full
-    (:meth:`put`), or drop what can be lost (:meth:`offer`)."""
+    (:meth:`put`), or drop what can be lost (:meth:`offer`). ``on_frame`` is called after each
+    frame queued (it starts the writer). Nothing is allocated while it is empty."""
 
-    def __init__(self, max_bytes: int) -> None:
-        self._frames: deque[str] = deque()
+    __slots__ = ("_bytes", "_frames", "_max", "_on_frame", "_space")
+
+    def __init__(self, max_bytes: int, on_frame: Callable[[], None]) -> None:
+        self._frames: deque[str] | None = None
         self._bytes = 0
         self._max = max_bytes
-        self._nonempty = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
+        self._on_frame = on_frame
+        self._space: asyncio.Event | None = None  # only while a producer waits for room
 
     async def put(self, frame: str) -> None:
         # One frame larger than the bound is still let through on an empty outbox.
         while self._bytes >= self._max:
-            self._space.clear()
+            if self._space is None:
+                self._space = asyncio.Event()
             await self._space.wait()
         self._append(frame)
 
@@ -92,19 +100,54 @@ class Outbox:
         return True
 
     def _append(self, frame: str) -> None:
+        if self._frames is None:
+            self._frames = deque()
         self._frames.append(frame)
         self._bytes += len(frame)
-        self._nonempty.set()
+        self._on_frame()
 
-    async def get(self) -> str:
-        while not self._frames:
-            self._nonempty.clear()
-            await self._nonempty.wait()
-        frame = self._frames.popleft()
+    def take(self) -> str | None:
+        """The oldest frame, or None when empty."""
+        frames = self._frames
+        if not frames:
+            self._frames = None
+            return None
+        frame = frames.popleft()
         self._bytes -= len(frame)
-        if self._bytes < self._max:
+        if self._space is not None and self._bytes < self._max:
             self._space.set()
+            self._space = None
         return frame
+
+
+class _Wake:
+    """``asyncio.Event``'s set, clear and wait for a single waiter, allocating nothing while
+    nobody waits (an Event holds a deque: about 800 bytes on every idle connection)."""
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    async def wait(self) -> None:
+        if self._flag:
+            return
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            if self._waiter is waiter:
+                self._waiter = None
 
 
 class Connection:
@@ -113,9 +156,13 @@ class Connection:
         self._limits = chat.limits
         self.device = device
         self._transport = transport
-        self._outbox = Outbox(self._limits.outbox_bytes)
-        self._sends: asyncio.Queue[Send] = asyncio.Queue(self._limits.max_inflight_sends)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._outbox = Outbox(self._limits.outbox_bytes, self._start_writer)
+        self._writer: asyncio.Task[None] | None = None
+        # sends waiting for the sender, in order; None while there are none
+        self._sends: deque[Send] | None = None
+        self._sends_space: asyncio.Event | None = None  # while receive() waits for room
+        self._sender: asyncio.Task[None] | None = None
+        self._reads: set[asyncio.Task[None]] | None = None  # answering history reads etc.
         self._feed_task: asyncio.Task[None] | None = None
         self._acked = -1
         self._flushed = -1
@@ -124,8 +171,9 @@ class Connection:
         self._kind = kind
         self._unwatch_presence: Callable[[], None] | None = None
         # (seq, head) of messages sent and not yet acknowledged; bounded: beyond it the
-        # oldest go without a delivered receipt (the read receipt still comes)
-        self._delivered: deque[tuple[int, Head]] = deque(maxlen=_TRACKED_DELIVERIES)
+        # oldest go without a delivered receipt (the read receipt still comes). Created with
+        # the first message.
+        self._delivered: deque[tuple[int, Head]] | None = None
         self._attached = False
         self._protocol = 1  # the version the client speaks, from its hello
 
@@ -138,8 +186,6 @@ class Connection:
         self._attached = True
         await self._start_presence()
         metrics.CONNECTIONS.labels(self._kind).inc()
-        for loop in (self._write_loop(), self._send_loop(), self._flush_loop()):
-            _ = self._spawn(loop)
         await self._outbox.put(
             encode(
                 Welcome(
@@ -165,12 +211,15 @@ class Connection:
             await self._reply_error(err)
             return
         if isinstance(frame, Send):
-            await self._sends.put(frame)
+            await self._queue_send(frame)
         elif isinstance(frame, Ack):
             if frame.seq < 0:
                 await self._reply_error(ChatError(ErrorCode.INVALID_ARGUMENT, "seq must be >= 0"))
                 return
-            self._acked = max(self._acked, frame.seq)
+            if frame.seq > self._acked:
+                self._acked = frame.seq
+                if self._attached:
+                    self._chat.acked(self)
         elif isinstance(frame, Hello):
             if self._feed_task is not None and not self._feed_task.done():
                 await self._reply_error(
@@ -199,7 +248,9 @@ class Connection:
                 await self._reply_error(err)
         elif isinstance(frame, GetHistory | GetConversations | GetReceipts | GetPresence):
             # Reads run beside the frame loop (they wait on the store); answers carry ``ref``.
-            _ = self._spawn(self._answer_read(frame))
+            if self._reads is None:
+                self._reads = set()
+            self._reads.add(self._spawn(self._answer_read(frame)))
 
     async def close(self, code: int, reason: str) -> None:
         """Close from the server side (shutdown, slow consumer)."""
@@ -226,61 +277,91 @@ class Connection:
             self._chat.detach(self)
             metrics.CONNECTIONS.labels(self._kind).dec()
         self._closed = True
-        tasks = list(self._tasks)
+        tasks = [t for t in (self._writer, self._sender, self._feed_task) if t is not None]
+        tasks += self._reads or ()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self._flush_cursor()
+            await self.flush_cursor()
 
     # --- tasks ---------------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        if self._reads is not None:
+            self._reads.discard(task)
+            if not self._reads:
+                self._reads = None
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("connection task failed", exc_info=exc)
             self.close_soon(1011, "internal error")
 
+    def _start_writer(self) -> None:
+        if self._writer is None and not self._closed:
+            self._writer = self._spawn(self._write_loop())
+
     async def _write_loop(self) -> None:
+        """Write queued frames until none is left (then the task ends: a later frame starts
+        another, see :meth:`_start_writer`)."""
         timeout = self._limits.send_timeout_s
-        while True:
-            frame = await self._outbox.get()
-            try:
-                await asyncio.wait_for(self._transport.send(frame), timeout)
-            except TimeoutError:
-                log.info("slow consumer closed", extra={"device": self.device.id})
-                metrics.SLOW_CONSUMERS.inc()
-                await self.close(CLOSE_SLOW_CONSUMER, "slow consumer: reconnect with your cursor")
-                return
+        try:
+            while (frame := self._outbox.take()) is not None:
+                try:
+                    await asyncio.wait_for(self._transport.send(frame), timeout)
+                except TimeoutError:
+                    log.info("slow consumer closed", extra={"device": self.device.id})
+                    metrics.SLOW_CONSUMERS.inc()
+                    await self.close(
+                        CLOSE_SLOW_CONSUMER, "slow consumer: reconnect with your cursor"
+                    )
+                    return
+        finally:
+            self._writer = None
+
+    async def _queue_send(self, frame: Send) -> None:
+        """Queue a send for the sender, in order; wait while too many are queued (the frontend
+        stops reading meanwhile)."""
+        while self._sends is not None and len(self._sends) >= self._limits.max_inflight_sends:
+            if self._sends_space is None:
+                self._sends_space = asyncio.Event()
+            await self._sends_space.wait()
+        if self._sends is None:
+            self._sends = deque()
+        self._sends.append(frame)
+        if self._sender is None:
+            self._sender = self._spawn(self._send_loop())
 
     async def _send_loop(self) -> None:
+        """Take the queued sends in batches, in order, until none is left."""
         messaging = self._chat.messaging
-        while True:
-            batch = [await self._sends.get()]
-            while len(batch) < SEND_BATCH and not self._sends.empty():
-                batch.append(self._sends.get_nowait())
-            requests = [SendRequest(f.client_id, f.to, f.text) for f in batch]
-            results = await messaging.send_many(self.user, self.device.id, requests)
-            for req, result in zip(requests, results, strict=True):
-                if isinstance(result, Sent):
-                    await self._outbox.put(
-                        encode(SentFrame(result.client_id, result.id, result.conv, result.ts))
-                    )
-                else:
-                    await self._outbox.put(error_frame(result, ref=req.client_id))
+        try:
+            while sends := self._sends:
+                batch = [sends.popleft() for _ in range(min(SEND_BATCH, len(sends)))]
+                if not sends:
+                    self._sends = None
+                if self._sends_space is not None:
+                    self._sends_space.set()
+                    self._sends_space = None
+                requests = [SendRequest(f.client_id, f.to, f.text) for f in batch]
+                results = await messaging.send_many(self.user, self.device.id, requests)
+                for req, result in zip(requests, results, strict=True):
+                    if isinstance(result, Sent):
+                        await self._outbox.put(
+                            encode(SentFrame(result.client_id, result.id, result.conv, result.ts))
+                        )
+                    else:
+                        await self._outbox.put(error_frame(result, ref=req.client_id))
+        finally:
+            self._sender = None
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._limits.cursor_flush_s)
-            await self._flush_cursor()
-
-    async def _flush_cursor(self) -> None:
+    async def flush_cursor(self) -> None:
+        """Store the acknowledged position and send the delivered receipts it implies (called
+        every ``cursor_flush_s`` by :class:`core.chat.Chat` after an ack, and on close)."""
         acked = self._acked
         if acked > self._flushed:
             await self._chat.cursors.put(self.user, self.device.id, acked)
@@ -291,12 +372,17 @@ class Connection:
         """Remember what was sent to the client, to turn its acks into delivered receipts."""
         head = decode_head(entry.data)
         if head.sender != self.user and head.conv:
+            if self._delivered is None:
+                self._delivered = deque(maxlen=_TRACKED_DELIVERIES)
             self._delivered.append((entry.seq, head))
 
     def _take_delivered(self, acked: int) -> dict[str, tuple[str, set[str]]]:
         heads = []
-        while self._delivered and self._delivered[0][0] <= acked:
-            heads.append(self._delivered.popleft()[1])
+        delivered = self._delivered
+        while delivered and delivered[0][0] <= acked:
+            heads.append(delivered.popleft()[1])
+        if not delivered:
+            self._delivered = None
         return delivered_marks(self.user, heads)
 
     async def _deliver(self, entries: list[InboxEntry]) -> None:
@@ -349,7 +435,7 @@ class Connection:
             return
 
         feed = InboxFeed(cursor, self._limits.live_buffer)
-        wake = asyncio.Event()
+        wake = _Wake()
 
         def on_live(entry: InboxEntry) -> None:
             feed.on_live(entry)

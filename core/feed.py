@@ -20,11 +20,14 @@ class InboxFeed:
         are held while a read is pending; beyond that they are dropped (and read back later), so
         a slow client costs bounded memory."""
         self.position = position
-        self._live: deque[InboxEntry] = deque()
+        # None while empty: an idle connection's feed holds no buffer (a deque is ~800 bytes)
+        self._live: deque[InboxEntry] | None = None
         self._live_limit = live_limit
         self._dropped = False
 
     def on_live(self, entry: InboxEntry) -> None:
+        if self._live is None:
+            self._live = deque()
         if len(self._live) >= self._live_limit:
             self._dropped = True
         else:
@@ -52,6 +55,7 @@ class InboxFeed:
             live.popleft()
             out.append(entry)
             self.position = entry.seq
+        self._live = None  # all taken
         if self._dropped:
             self._dropped = False
             return out, True

@@ -40,29 +40,39 @@ acknowledges more at once (a long catch-up) gets them for the newest part only."
 class LongPoll:
     def __init__(self, chat: Chat) -> None:
         self._chat = chat
-        self._pending: dict[str, asyncio.Event] = {}
+        # per device, the pending poll's "answer now" future (see _wait)
+        self._pending: dict[str, asyncio.Future[None]] = {}
         self._visible: dict[str, tuple[float, set[str], bool]] = {}
 
     async def poll(
-        self, device: Device, cursor: int | None, timeout: float, protocol: int = 1
+        self,
+        device: Device,
+        cursor: int | None,
+        timeout: float,
+        gone: asyncio.Future[None] | None = None,
+        protocol: int = 1,
     ) -> tuple[int, list[str]]:
         """Frames for the client and the cursor for its next poll; messages in ``msgs``
-        frames if the client speaks ``protocol`` 2."""
+        frames if the client speaks ``protocol`` 2. ``gone``: resolved by the frontend when
+        the client went away, which ends the poll at once (else it would hold its
+        subscription until the timeout)."""
         chat, user = self._chat, device.user_id
-        superseded = asyncio.Event()
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         previous = self._pending.get(device.id)
         if previous is not None:
-            previous.set()
-        self._pending[device.id] = superseded
+            _resolve(previous)
+        self._pending[device.id] = answer
+        if gone is not None:
+            gone.add_done_callback(lambda _: _resolve(answer))
         try:
             await chat.presence.beat(user, device.id)
             cursor = await self._acknowledge(device, cursor)
             first, last = await chat.inbox.bounds()
             if cursor > last or 0 < cursor < first - 1:
                 return cursor, [encode(ResyncNeeded(cursor, first, last))]
-            return await self._wait(device, cursor, timeout, superseded, protocol)
+            return await self._wait(device, cursor, timeout, answer, protocol)
         finally:
-            if self._pending.get(device.id) is superseded:
+            if self._pending.get(device.id) is answer:
                 del self._pending[device.id]
 
     async def _wait(
@@ -70,27 +80,29 @@ class LongPoll:
         device: Device,
         cursor: int,
         timeout: float,
-        superseded: asyncio.Event,
+        answer: asyncio.Future[None],
         protocol: int,
     ) -> tuple[int, list[str]]:
+        """``answer`` is resolved by whatever should end the wait: a live entry, an event, a
+        newer poll of the device, the client leaving. One future rather than events and
+        tasks waiting on them: a pending poll is mostly idle, and there are many."""
         chat, user, limits = self._chat, device.user_id, self._chat.limits
         feed = InboxFeed(cursor, limits.live_buffer)
         frames: list[str] = []
-        wake = asyncio.Event()
 
         def on_entry(entry: InboxEntry) -> None:
             feed.on_live(entry)
-            wake.set()
+            _resolve(answer)
 
         def on_event(event: bytes) -> None:
             frames.append(event.decode())
-            wake.set()
+            _resolve(answer)
 
         visible, hides_own = await self._visibility(user)
 
         def on_presence(event: PresenceEvent) -> None:
             frames.append(encode(without_last_seen(event) if hides_own else event))
-            wake.set()
+            _resolve(answer)
 
         unwatch = await chat.inbox.watch(user, on_entry, on_event)
         unwatch_presence = chat.presence.watch(visible, on_presence)
@@ -98,15 +110,10 @@ class LongPoll:
         try:
             entries = feed.on_read(await self._read(user, cursor))
             if not entries:
-                waiters = [
-                    asyncio.ensure_future(wake.wait()),
-                    asyncio.ensure_future(superseded.wait()),
-                ]
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in waiters:  # a waiter left pending would live on with its event
-                    waiter.cancel()
+                if not answer.done():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            await answer  # cancelled by the timeout: nobody else awaits it
                 live, need_read = feed.take_live()
                 entries = live
                 if need_read:  # a gap, or dropped live entries: the inbox has them in order
@@ -157,3 +164,8 @@ class LongPoll:
             cached = (time.monotonic() + _VISIBLE_CACHE_S, visible, hides_own)
             self._visible[user] = cached
         return cached[1], cached[2]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -36,7 +36,7 @@ from core.presence import Presence
 from core.receipts import Receipts
 from frontends.http.routes import exception_handlers, route_handlers
 from frontends.longpoll.routes import poll
-from frontends.ws.handler import WsSettings, ws_handler
+from frontends.ws.handler import WebSocketProtocol, WsSettings, protocol_class
 from jetchat.settings import Settings
 from jetstream import streams
 from jetstream.archiver import Archiver
@@ -231,19 +231,28 @@ def prometheus_metrics() -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def frontend_routes(settings: Settings) -> list[ControllerRouterHandler]:
+def frontends(settings: Settings) -> set[str]:
     chosen = {f.strip() for f in settings.frontends.split(",") if f.strip()}
     unknown = chosen - {"ws", "longpoll", "http"}
     if unknown:
         raise SystemExit(f"bad configuration: JETCHAT_FRONTENDS has unknown {sorted(unknown)}")
+    return chosen
+
+
+def frontend_routes(settings: Settings) -> list[ControllerRouterHandler]:
+    chosen = frontends(settings)
     routes: list[ControllerRouterHandler] = []
     if "http" in chosen:
         routes += route_handlers
-    if "ws" in chosen:
-        routes.append(ws_handler)
     if "longpoll" in chosen:
         routes.append(poll)
     return routes
+
+
+def websocket_protocol(settings: Settings, app: Litestar) -> type[WebSocketProtocol] | None:
+    """What uvicorn serves WebSocket upgrades with (frontends/ws); None when this process does
+    not serve WebSockets (uvicorn then passes upgrades to the app, which answers 404)."""
+    return protocol_class(app.state) if "ws" in frontends(settings) else None
 
 
 def create_app(settings: Settings) -> Litestar:

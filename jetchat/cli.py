@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Iterator
 
@@ -41,19 +42,28 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
         yield settings
 
 
-def serve(settings: Settings) -> None:
-    from jetchat.app import create_app
+def raise_open_files_limit() -> None:
+    """Soft limit of open files up to the hard one: every client connection is a file
+    descriptor, and the usual soft limit (1024) would stop the server near a thousand."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
+
+def serve(settings: Settings) -> None:
+    from jetchat.app import create_app, websocket_protocol
+
+    raise_open_files_limit()
     with embedded_servers(settings) as settings:
         log.info("jetchat settings", extra={"settings": settings.public()})
+        app = create_app(settings)
         config = uvicorn.Config(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
-            # The sans-I/O websockets implementation waits while the socket's write buffer is
-            # full, so a client that stops reading blocks our writer (which then closes it
-            # after send_timeout_s) instead of growing server memory.
-            ws="websockets-sansio",
+            # WebSockets are served by frontends/ws without ASGI (see there why); the ws_*
+            # settings below are its settings.
+            ws=websocket_protocol(settings, app) or "none",
             ws_max_size=settings.ws_max_frame_bytes,
             ws_ping_interval=settings.ws_ping_interval_s,
             ws_ping_timeout=settings.ws_ping_timeout_s,

@@ -71,11 +71,43 @@ class _Read:
 
 
 class _Watchers:
-    """One NATS subscription per user per process, shared by that user's connections here."""
+    """One NATS subscription per user per process, shared by that user's connections here.
 
-    def __init__(self) -> None:
+    nats-py gives each callback subscription a task and an asyncio.Queue of its own (about
+    4 KB); with one subscription per connected user that was most of an idle connection's
+    cost. So the subscription is made with ``future=`` set to this object: nats-py then hands
+    every message to its ``set_result``, synchronously, in order, from the task reading the
+    NATS connection (the path meant for a request's one reply, which never ends a
+    subscription by itself), and makes neither task nor queue. The callbacks are synchronous
+    and only buffer or queue (core.feed, the outbox), so nothing waits on that task.
+    """
+
+    __slots__ = ("callbacks", "inbox_prefix", "sub")
+
+    def __init__(self, inbox_prefix: str) -> None:
         self.sub: Subscription | None = None
+        self.inbox_prefix = inbox_prefix
         self.callbacks: list[tuple[Callable[[InboxEntry], None], Callable[[bytes], None]]] = []
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        try:
+            if not msg.subject.startswith(self.inbox_prefix):
+                for _, event_callback in list(self.callbacks):
+                    event_callback(msg.data)
+                return
+            headers = msg.headers or {}
+            entry = InboxEntry(
+                int(headers["Nats-Sequence"]),
+                int(headers.get("Nats-Last-Sequence", 0)),
+                msg.data,
+            )
+            for entry_callback, _ in list(self.callbacks):
+                entry_callback(entry)
+        except Exception:
+            log.exception("live message dispatch failed", extra={"subject": msg.subject})
 
 
 class JetStreamInbox:
@@ -254,27 +286,12 @@ class JetStreamInbox:
         async with self._watch_lock:
             watchers = self._watchers.get(user)
             if watchers is None:
-                watchers = self._watchers[user] = _Watchers()
-                inbox_prefix = f"{self._s.live_prefix}.inbox."
-
-                async def dispatch(msg: Msg) -> None:
-                    if not msg.subject.startswith(inbox_prefix):
-                        for _, event_callback in list(watchers.callbacks):
-                            event_callback(msg.data)
-                        return
-                    headers = msg.headers or {}
-                    entry = InboxEntry(
-                        int(headers["Nats-Sequence"]),
-                        int(headers.get("Nats-Last-Sequence", 0)),
-                        msg.data,
-                    )
-                    for entry_callback, _ in list(watchers.callbacks):
-                        entry_callback(entry)
-
+                watchers = self._watchers[user] = _Watchers(f"{self._s.live_prefix}.inbox.")
                 # one subscription for both: chat.live.inbox.<user> and chat.live.event.<user>
-                watchers.sub = await self._nc.subscribe(
-                    f"{self._s.live_prefix}.*.{user}", cb=dispatch
-                )
+                sub = await self._nc.subscribe(f"{self._s.live_prefix}.*.{user}", future=watchers)  # type: ignore[arg-type]
+                # the queue nats-py made anyway stays empty on this path: let it go
+                sub._pending_queue = None  # type: ignore[assignment]
+                watchers.sub = sub
             callbacks = (on_entry, on_event)
             watchers.callbacks.append(callbacks)
 

@@ -3,6 +3,8 @@ that do not let WebSockets through. Sends go over plain HTTP (``POST /v1/message
 
 from __future__ import annotations
 
+import asyncio
+
 from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -40,6 +42,23 @@ async def poll(
     wait = cap if timeout is None else max(0.0, min(timeout, cap))
     if cursor is not None and cursor < 0:
         cursor = 0
-    next_cursor, frames = await longpoll.poll(device, cursor, wait, protocol)
+    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    watcher = asyncio.ensure_future(_until_disconnected(request, gone))
+    try:
+        next_cursor, frames = await longpoll.poll(device, cursor, wait, gone, protocol)
+    finally:
+        watcher.cancel()
     body = f'{{"cursor":{next_cursor},"frames":[{",".join(frames)}]}}'
     return Response(body.encode(), media_type="application/json")
+
+
+async def _until_disconnected(
+    request: Request[object, object, State], gone: asyncio.Future[None]
+) -> None:
+    """Resolve ``gone`` when the client closes its connection (a phone changing networks, a
+    closed tab): its poll then ends at once instead of holding a subscription until the
+    timeout with nobody to answer."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass  # the (empty) body of the GET
+    if not gone.done():
+        gone.set_result(None)

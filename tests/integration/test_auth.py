@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import msgspec
 import pytest
 import websockets
 from helpers import PASSWORD, device, new_user
@@ -16,11 +17,15 @@ def ws_url(base: str) -> str:
     return base.replace("http", "ws") + "/v1/ws"
 
 
-async def ws_status(base: str, headers: dict[str, str]) -> int:
+async def ws_status(base: str, headers: dict[str, str], url: str | None = None) -> int:
+    """The status of a refused upgrade, after checking its body is our JSON error."""
     with pytest.raises(websockets.InvalidStatus) as info:
-        async with websockets.connect(ws_url(base), additional_headers=headers):
+        async with websockets.connect(url or ws_url(base), additional_headers=headers):
             pass
-    return info.value.response.status_code
+    response = info.value.response
+    assert response.headers["content-type"] == "application/json"
+    assert set(msgspec.json.decode(response.body)) == {"code", "message"}
+    return response.status_code
 
 
 async def test_sign_up_log_in_profile_devices_log_out(server):
@@ -106,6 +111,8 @@ async def test_origin_allowlist_at_the_upgrade(spawn):
         assert c.connected.is_set()
     async with websockets.connect(ws_url(url) + f"?token={token}") as ws:
         assert '"welcome"' in await ws.recv()
+    # WebSockets are served at /v1/ws only
+    assert await ws_status(url, auth, url.replace("http", "ws") + "/v1/other") == 404
 
 
 async def test_revoking_a_device_closes_its_open_websocket_on_any_process(spawn):

@@ -87,3 +87,20 @@ async def test_centrifugo_peer_delivers_one_to_one_and_fanout(tmp_path):
             await c.close()
         server.stop()
     assert not server.running
+
+
+def test_idle_memory_benchmark_smoke_run(tmp_path):
+    out = tmp_path / "idle.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.idle", "--ws", "150", "--polls", "150", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for name in ("idle_ws", "pending_polls"):  # no figure is asserted at this size
+        assert results[name]["connections"] == 150
+        assert {"rss_mb_before", "rss_mb_with", "kb_per_connection"} <= set(results[name])

@@ -121,6 +121,30 @@ async def test_a_pending_poll_is_the_presence_heartbeat(spawn, pg_dsn):
         assert event.online is False
 
 
+async def test_a_poll_whose_client_went_away_ends_at_once(spawn, pg_dsn):
+    server = spawn(poll_timeout_s="60")
+    [(_, token)] = await bulk_users(pg_dsn, "lpgone", 1)
+    host, port = "127.0.0.1", server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"GET /v1/poll?timeout=60 HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+
+    async def pending() -> str:
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            metrics = (await http.get("/metrics")).text
+        return next(line for line in metrics.splitlines() if line.startswith("jetchat_pending_"))
+
+    async with asyncio.timeout(5):
+        while not (await pending()).endswith(" 1.0"):
+            await asyncio.sleep(0.05)
+    writer.close()  # nobody will read the answer: the server lets the poll go, not in 60 s
+    async with asyncio.timeout(2):
+        while not (await pending()).endswith(" 0.0"):
+            await asyncio.sleep(0.05)
+
+
 async def test_1000_pending_polls_each_answered_when_its_message_comes(spawn, pg_dsn):
     server = spawn(poll_timeout_s="20", max_group_members="500")
     url = server.base_url
