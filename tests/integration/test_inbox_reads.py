@@ -12,6 +12,7 @@ from nats.aio.client import Client as NATS
 
 from core.ports import InboxEntry
 from jetstream.inbox import JetStreamInbox
+from jetstream.publisher import Publisher
 from jetstream.streams import JetStreamSettings, ensure
 
 SETTINGS = JetStreamSettings()
@@ -41,7 +42,9 @@ async def fill(nc: NATS, sizes: list[int]) -> list[bytes]:
 
 
 async def make_inbox(nc: NATS, raw: bool) -> JetStreamInbox:
-    inbox = JetStreamInbox(nc, nc.jetstream(), SETTINGS)
+    publisher = Publisher(nc)
+    await publisher.start()
+    inbox = JetStreamInbox(nc, nc.jetstream(), SETTINGS, publisher)
     await inbox.start()
     assert inbox._raw_replies  # this nats-py has the parser hook the fast path needs
     inbox._raw_replies = raw
