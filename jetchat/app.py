@@ -152,11 +152,14 @@ class Services:
         self.archiver_task.add_done_callback(_log_failure)
 
     async def stop(self) -> None:
-        for task in (self.archiver_task, self.presence_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        tasks = [t for t in (self.archiver_task, self.presence_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # bounded: a task that does not end on cancellation must not hold up the exit
+            _, stuck = await asyncio.wait(tasks, timeout=5)
+            for task in stuck:
+                log.error("background task did not stop", extra={"task": task.get_name()})
         # flush what is published, then close: drain() would wait up to 30 s on the
         # archiver's pull subscription, which has nothing left to give
         with contextlib.suppress(Exception):

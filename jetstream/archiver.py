@@ -82,6 +82,12 @@ class Archiver:
                 try:
                     msgs = await sub.fetch(self._batch, timeout=1.0)
                 except TimeoutError:
+                    # nats-py's fetch can turn a cancellation that meets its own timeout
+                    # into a TimeoutError: honour the cancellation, or shutdown would wait
+                    # on an archiver that keeps fetching
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError from None
                     continue
                 await self._archive(msgs)
         finally:

@@ -37,7 +37,7 @@ def test_benchmark_smoke_run(tmp_path):
         assert "centrifugo" in results[name], name
     assert results["one_to_one"]["jetchat"]["steps"]
     assert results["catchup"]["jetchat"]["drained_per_s"] > 0
-    assert results["archiver"]["jetchat"]["rows_per_s"] > 0
+    assert results["archiver"]["jetchat"]["entries_per_s"] > 0
     assert "1:1 jetchat" in run.stdout
 
 
