@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -44,6 +43,9 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench.load import raise_nofile
+from bench.run import Bench, progress
+
 WARM_UP = 100
 """Connections opened and closed before the "before" figure."""
 PER_WORKER = 2_500
@@ -54,18 +56,6 @@ POLL_TIMEOUT_S = 3600
 """What the polls ask for; the server caps it at its JETCHAT_POLL_TIMEOUT_S."""
 OPEN_TIMEOUT_S = 120.0
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def progress(text: str) -> None:
-    print(f"  .. {text}", file=sys.stderr, flush=True)
-
-
-def raise_nofile() -> int:
-    """Soft open-files limit up to the hard one (each connection is a file descriptor)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 async def idle_websockets(base_url: str, tokens: list[str], server_pid: int) -> dict[str, Any]:
@@ -283,7 +273,6 @@ async def _open_poll(base_url: str, token: str) -> Callable[[], Awaitable[None]]
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.run import Bench
     from jetchat.seed import bulk_users
 
     raise_nofile()  # here and in the workers; `jetchat serve` raises its own

@@ -18,7 +18,6 @@ import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.connection
-import os
 import resource
 import secrets
 import time
@@ -314,14 +313,16 @@ def _ignore(_: str) -> None:
     pass
 
 
-def _raise_file_limit() -> None:
+def raise_nofile() -> int:
+    """Soft open-files limit up to the hard one (each connection is a file descriptor)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def _worker_main(pipe: multiprocessing.connection.Connection, spec: WorkerSpec) -> None:
-    _raise_file_limit()
+    raise_nofile()
 
     async def serve() -> None:
         worker = Worker(spec)
@@ -389,7 +390,3 @@ class Workers:
 def split(items: Sequence[Any], n: int) -> list[list[Any]]:
     """``items`` dealt round-robin into ``n`` lists."""
     return [list(items[i::n]) for i in range(n)]
-
-
-def default_workers() -> int:
-    return max(2, (os.cpu_count() or 2))
