@@ -17,10 +17,10 @@ from jetchat.embedded import EmbeddedServerError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_benchmark_smoke_run(tmp_path):
-    out = tmp_path / "bench.json"
+def run_bench(module: str, out: Path, *args: str) -> tuple[dict, str]:
+    """``python -m <module> <args> --json <out>``: its results and what it printed."""
     run = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--json", str(out)],
+        [sys.executable, "-m", module, *args, "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -28,7 +28,11 @@ def test_benchmark_smoke_run(tmp_path):
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(out.read_text())
+    return json.loads(out.read_text()), run.stdout
+
+
+def test_benchmark_smoke_run(tmp_path):
+    results, stdout = run_bench("bench.run", tmp_path / "bench.json", "--quick")
     scenarios = {"one_to_one", "fanout_20", "fanout_50", "idle_ws", "idle_poll", "catchup"}
     assert {"raw_nats_py", "archiver", *scenarios} <= set(results)
     for name in scenarios:
@@ -38,7 +42,7 @@ def test_benchmark_smoke_run(tmp_path):
     assert results["one_to_one"]["jetchat"]["steps"]
     assert results["catchup"]["jetchat"]["drained_per_s"] > 0
     assert results["archiver"]["jetchat"]["entries_per_s"] > 0
-    assert "1:1 jetchat" in run.stdout
+    assert "1:1 jetchat" in stdout
 
 
 def _centrifugo_missing() -> bool:
@@ -90,17 +94,7 @@ async def test_centrifugo_peer_delivers_one_to_one_and_fanout(tmp_path):
 
 
 def test_idle_memory_benchmark_smoke_run(tmp_path):
-    out = tmp_path / "idle.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.idle", "--ws", "150", "--polls", "150", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(out.read_text())
+    results, _ = run_bench("bench.idle", tmp_path / "idle.json", "--ws", "150", "--polls", "150")
     for name in ("idle_ws", "pending_polls"):  # no figure is asserted at this size
         assert results[name]["connections"] == 150
         assert {"rss_mb_before", "rss_mb_with", "kb_per_connection"} <= set(results[name])
