@@ -23,7 +23,6 @@ import asyncio
 import collections
 import logging
 import os
-import urllib.parse
 from typing import Any, ClassVar, cast
 
 from litestar.datastructures import State
@@ -36,6 +35,7 @@ from websockets.server import ServerProtocol
 from core.chat import Chat
 from core.connection import Connection
 from core.errors import ChatError, ErrorCode
+from frontends.auth import token_from
 from frontends.errors import error_body
 
 log = logging.getLogger(__name__)
@@ -56,16 +56,6 @@ class WsSettings:
     def origin_allowed(self, origin: str | None) -> bool:
         """Non-browser clients send no Origin. Browsers always do: only listed ones pass."""
         return origin is None or "*" in self.allowed_origins or origin in self.allowed_origins
-
-
-def bearer_token(request: Request) -> str | None:
-    """``Authorization: Bearer <token>``, or ``?token=`` for browsers, which cannot set headers
-    on a WebSocket (prefer the header: query strings end up in access logs)."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    tokens = urllib.parse.parse_qs(request.path.partition("?")[2]).get("token")
-    return tokens[0] if tokens else None
 
 
 class _Server:
@@ -281,13 +271,15 @@ class WebSocketProtocol(asyncio.Protocol):
         ws = self._ws
         state = self._srv.state
         try:
-            if request.path.partition("?")[0] != PATH:
+            path, _, query = request.path.partition("?")
+            if path != PATH:
                 raise ChatError(ErrorCode.NOT_FOUND, f"no WebSocket endpoint here; use {PATH}")
             ws_settings: WsSettings = state.ws_settings
             if not ws_settings.origin_allowed(request.headers.get("Origin")):
                 raise ChatError(ErrorCode.FORBIDDEN_ORIGIN, "origin not allowed")
             chat: Chat = state.chat
-            device = await chat.accounts.authenticate(bearer_token(request))
+            token = token_from(request.headers.get("Authorization", ""), query)
+            device = await chat.accounts.authenticate(token)
         except ChatError as err:
             self._refuse(err)
             self._task = None
