@@ -468,8 +468,8 @@ class ChatClient:
         if protocol > 1:
             hello["protocol"] = protocol
         await ws.send(_encode(hello).decode())
-        for frame, _ in list(self._pending.values()):
-            await ws.send(frame.decode())
+        for unanswered, _ in list(self._pending.values()):
+            await ws.send(unanswered.decode())
         self.connected.set()
         pending_ack = 0
         async for raw in ws:
