@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import hashlib
 import os
 import re
 import shutil
@@ -159,6 +160,44 @@ def _version_dir(version: str | None, home: Path | None) -> Path:
     return (home or cassandra_home()) / (version or cassandra_version())
 
 
+JARS_LOCK = Path(__file__).resolve().parents[1] / "ops" / "cassandra-jars.sha256"
+"""The jars (name and SHA-256) that :data:`CASSANDRA_VERSION` is made of, in ``sha256sum``
+format: what Maven resolved on 2026-12-01. A fetch that brings anything else fails, so every
+machine runs the same bytes (``ops/cassandra lock`` writes it anew after a version change)."""
+
+
+def _jar_hashes(lib: Path) -> dict[str, str]:
+    return {j.name: hashlib.sha256(j.read_bytes()).hexdigest() for j in sorted(lib.glob("*.jar"))}
+
+
+def write_jars_lock(version: str | None = None, home: Path | None = None) -> Path:
+    """Record the fetched jars of ``version`` in :data:`JARS_LOCK`."""
+    lib = fetch(version, home, verify=False)
+    lines = [f"{digest}  {name}\n" for name, digest in _jar_hashes(lib).items()]
+    JARS_LOCK.write_text("".join(lines))
+    return JARS_LOCK
+
+
+def verify_jars(lib: Path, version: str) -> None:
+    """Fail unless the jars in ``lib`` are exactly those of :data:`JARS_LOCK` (checked for the
+    locked version only: another ``JETCHAT_CASSANDRA_VERSION`` is the caller's experiment)."""
+    if version != CASSANDRA_VERSION or not JARS_LOCK.is_file():
+        return
+    want: dict[str, str] = {}
+    for line in JARS_LOCK.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        want[name] = digest
+    have = _jar_hashes(lib)
+    wrong = sorted(n for n in want.keys() & have.keys() if want[n] != have[n])
+    missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    if wrong or missing or extra:
+        raise EmbeddedServerError(
+            f"the jars in {lib} do not match {JARS_LOCK.name}: "
+            f"different {wrong}, missing {missing}, unexpected {extra}; "
+            f"delete {lib.parent} to fetch again"
+        )
+
+
 def jars_present(version: str | None = None, home: Path | None = None) -> bool:
     """Whether :func:`fetch` completed for this version (it writes a marker last)."""
     return (_version_dir(version, home) / ".complete").is_file()
@@ -189,16 +228,20 @@ def fetch(
     home: Path | None = None,
     *,
     progress: Callable[[str], None] = print,
+    verify: bool = True,
 ) -> Path:
     """Download ``cassandra-all`` and its runtime dependencies with Maven; return the folder of
     jars. Does nothing when a previous fetch of this version completed.
 
     Uses ``mvn`` on PATH and its usual local repository (``~/.m2``), so a second checkout
-    reuses the downloads. Takes about a minute cold (about 70 MB of jars)."""
+    reuses the downloads. Takes about a minute cold (about 70 MB of jars). ``verify``: check
+    them against :data:`JARS_LOCK`."""
     version = version or cassandra_version()
     vdir = _version_dir(version, home)
     lib = vdir / "lib"
     if jars_present(version, home):
+        if verify:
+            verify_jars(lib, version)
         progress(f"cassandra {version}: jars already in {lib}")
         return lib
     mvn = shutil.which("mvn")
@@ -242,6 +285,8 @@ def fetch(
     jars = sorted(lib.glob("*.jar"))
     if not any(j.name.startswith(f"cassandra-all-{version}") for j in jars):
         raise EmbeddedServerError(f"mvn ran but {lib} holds no cassandra-all-{version}.jar")
+    if verify:
+        verify_jars(lib, version)
     (vdir / ".complete").write_text(f"{len(jars)} jars\n")
     progress(
         f"cassandra {version}: {len(jars)} jars in {lib} "
@@ -760,7 +805,7 @@ def _first_error(log: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``ops/cassandra fetch | start --data DIR [...] | stop --data DIR``.
+    """``ops/cassandra fetch | lock | start --data DIR [...] | stop --data DIR``.
 
     ``start`` fetches if needed, leaves the node running in the background and returns once it
     answers CQL; ``stop`` stops it by the PID recorded in ``DIR/cassandra.pid``."""
@@ -769,6 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help=f"download cassandra-all {cassandra_version()} and its deps")
+    sub.add_parser("lock", help=f"record the fetched jars' hashes in ops/{JARS_LOCK.name}")
     start = sub.add_parser("start", help="start a node in the background (fetches if needed)")
     start.add_argument("--data", required=True, type=Path, help="data, config and logs folder")
     start.add_argument("--native-port", type=int, default=9042, help="CQL port (0: any free)")
@@ -790,6 +836,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "fetch":
             fetch()
+        elif args.command == "lock":
+            print(f"wrote {write_jars_lock()}")
         elif args.command == "start":
             fetch()
             node = CassandraNode(
