@@ -34,9 +34,11 @@ from core.messaging import Messaging
 from core.ports import HistoryStore
 from core.presence import Presence
 from core.receipts import Receipts
-from frontends.http.routes import exception_handlers, route_handlers
+from frontends.http.answers import exception_handlers
+from frontends.http.routes import route_handlers
 from frontends.longpoll.routes import poll
 from frontends.ws.handler import WebSocketProtocol, WsSettings, protocol_class
+from frontends.ws.routes import upgrade_required
 from jetchat.settings import Settings
 from jetstream import streams
 from jetstream.archiver import Archiver
@@ -249,6 +251,8 @@ def frontend_routes(settings: Settings) -> list[ControllerRouterHandler]:
         routes += route_handlers
     if "longpoll" in chosen:
         routes.append(poll)
+    if "ws" in chosen:
+        routes.append(upgrade_required)  # a GET to /v1/ws whose Upgrade header was dropped
     return routes
 
 

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post, put
+from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
 
 from core.accounts import DeviceInfo, Login, Profile
 from core.chat import Chat
-from core.errors import ChatError, ErrorCode
 from core.groups import GroupInfo
 from core.history import MAX_CONVERSATIONS, MAX_PAGE
 from core.messaging import SendRequest
 from core.model import ChatMessage, ConversationSummary, Device, Group, ReceiptState, Sent
 from core.protocol import PresenceItem
 from frontends.auth import bearer_token
-from frontends.errors import error_body
 
 
 class SignUp(msgspec.Struct, frozen=True):
@@ -289,29 +286,9 @@ class GroupsController(Controller):
         return await chat.groups.promote(device.user_id, device.id, group_id, data.user_id)
 
 
-def chat_error_handler(_: Request[object, object, State], exc: ChatError) -> Response[bytes]:
-    status, body = error_body(exc)
-    return Response(body, status_code=status, media_type="application/json")
-
-
-def http_error_handler(
-    request: Request[object, object, State], exc: HTTPException
-) -> Response[bytes]:
-    """Litestar's own errors (bad JSON body, unknown route) in our error shape."""
-    code = {400: ErrorCode.MALFORMED, 404: ErrorCode.NOT_FOUND, 401: ErrorCode.UNAUTHORIZED}.get(
-        exc.status_code, ErrorCode.INVALID_ARGUMENT if exc.status_code < 500 else ErrorCode.INTERNAL
-    )
-    detail = exc.detail
-    if isinstance(exc.extra, list) and exc.extra:
-        detail = f"{detail}: {exc.extra}"
-    body = error_body(ChatError(code, detail))[1]
-    return Response(body, status_code=exc.status_code, media_type="application/json")
-
-
 route_handlers = [
     AccountsController,
     MessagesController,
     ConversationsController,
     GroupsController,
 ]
-exception_handlers = {ChatError: chat_error_handler, HTTPException: http_error_handler}
