@@ -34,7 +34,7 @@ from core.messaging import Messaging
 from core.ports import HistoryStore
 from core.presence import Presence
 from core.receipts import Receipts
-from frontends.http.answers import exception_handlers
+from frontends.http.answers import end_json_with_newline, exception_handlers
 from frontends.http.routes import route_handlers
 from frontends.longpoll.routes import poll
 from frontends.ws.handler import WebSocketProtocol, WsSettings, protocol_class
@@ -289,6 +289,7 @@ def create_app(settings: Settings) -> Litestar:
             prometheus_metrics,
         ],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        before_send=[end_json_with_newline],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="jetchat", version="0.1.0", path="/schema"),
         logging_config=None,

@@ -5,6 +5,8 @@
   wrong type, an unknown route), or any other exception (500 ``internal``, logged with a request
   id that the answer carries, so a user's report finds the traceback). Messages are plain words:
   ``cursor: expected an integer, got 'abc'``, never a repr of Litestar's internals.
+- A JSON answer ends with a newline, so ``curl .../readyz`` followed by another command does not
+  glue the two outputs together.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import secrets
 from typing import Any
 
 from litestar import Request, Response
-from litestar.datastructures import State
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import Message, Scope
 
 from core.errors import ChatError, ErrorCode
 from frontends.errors import error_body
@@ -155,3 +158,28 @@ def _type_words(spec: str, optional: bool) -> str:
     if optional and len(names) > 1:
         names = [n for n in names if n != "null"]
     return " or ".join(_TYPES.get(n, n) for n in names)
+
+
+# --- JSON answers end with a newline ----------------------------------------------------------
+
+_NEWLINE = "jetchat.json_newline"
+
+
+async def end_json_with_newline(message: Message, scope: Scope) -> None:
+    """A Litestar ``before_send`` hook: it sees every message of every answer (errors and
+    not-found routes included, unlike route middleware), so this is the one place. A JSON
+    answer with a body gets one more byte, counted in its Content-Length; streamed answers
+    (no Content-Length) and empty bodies (204) are left alone."""
+    if message["type"] == "http.response.start":
+        headers = MutableScopeHeaders.from_message(message)
+        media_type = (headers.get("content-type") or "").partition(";")[0].strip()
+        length = headers.get("content-length")
+        if (media_type == _JSON or media_type.endswith("+json")) and length and int(length) > 0:
+            headers["content-length"] = str(int(length) + 1)
+            scope["state"][_NEWLINE] = True
+    elif (
+        message["type"] == "http.response.body"
+        and not message.get("more_body", False)
+        and scope["state"].get(_NEWLINE)
+    ):
+        message["body"] = message.get("body", b"") + b"\n"

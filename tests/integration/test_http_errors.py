@@ -1,5 +1,6 @@
 """Every HTTP error is ``{code, message}`` in plain words, a plain GET to the WebSocket's path says
-what went wrong, and a bug answers 500 with a request id found in the log."""
+what went wrong, a bug answers 500 with a request id found in the log, and every JSON answer
+ends with a newline."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 
 import httpx
 import psycopg
+import pytest
 import websockets
 from helpers import device, new_user
 
@@ -91,3 +93,35 @@ async def test_an_unexpected_error_is_500_with_a_request_id_in_the_log(server, p
     }
     log = server.log_tail()
     assert request_id in log and "Traceback" in log and "groups" in log
+
+
+async def test_json_answers_end_with_a_newline(spawn):
+    server = spawn(poll_timeout_s="0.05")
+    url = server.base_url
+    token = await device(url, await new_user(url, "newline"))
+    auth = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url) as http:
+        answers = [
+            await http.get("/healthz"),
+            await http.get("/readyz"),
+            await http.get("/v1/poll", headers=auth),
+            await http.get("/v1/me", headers=auth),
+            await http.get("/v1/me"),  # 401
+            await http.get("/v1/poll?cursor=abc", headers=auth),  # 422
+            await http.get("/nowhere"),  # 404 from the router
+            await http.get("/v1/ws"),  # 426
+            await http.get("/schema/openapi.json"),
+        ]
+        for resp in answers:
+            assert resp.headers["content-type"].endswith("json"), resp.url
+            assert resp.content.endswith(b"}\n"), resp.url
+            assert int(resp.headers["content-length"]) == len(resp.content), resp.url
+        # a 204 stays empty
+        resp = await http.delete("/v1/contacts/nobody", headers=auth)
+        assert resp.status_code == 204 and resp.content == b""
+    # the WebSocket's refusals are JSON answers too
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with websockets.connect(url.replace("http", "ws") + "/v1/ws"):
+            pass
+    refusal = info.value.response
+    assert refusal.status_code == 401 and refusal.body.endswith(b"}\n")
