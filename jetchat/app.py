@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import nats
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -35,6 +34,7 @@ from core.ports import HistoryStore
 from core.presence import Presence
 from core.receipts import Receipts
 from frontends.http.answers import end_json_with_newline, exception_handlers
+from frontends.http.openapi import openapi_config
 from frontends.http.routes import route_handlers
 from frontends.longpoll.routes import poll
 from frontends.ws.handler import WebSocketProtocol, WsSettings, protocol_class
@@ -291,6 +291,6 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         before_send=[end_json_with_newline],
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(title="jetchat", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config("jetchat", "0.1.0"),
         logging_config=None,
     )
