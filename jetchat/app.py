@@ -34,7 +34,7 @@ from core.ports import HistoryStore
 from core.presence import Presence
 from core.receipts import Receipts
 from frontends.http.answers import end_json_with_newline, exception_handlers
-from frontends.http.openapi import openapi_config
+from frontends.http.openapi import document_errors, openapi_config
 from frontends.http.routes import route_handlers
 from frontends.longpoll.routes import poll
 from frontends.ws.handler import WebSocketProtocol, WsSettings, protocol_class
@@ -281,7 +281,7 @@ def create_app(settings: Settings) -> Litestar:
             await services.chat.drain()
             await services.stop()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *frontend_routes(settings),
             healthz,
@@ -294,3 +294,5 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=openapi_config("jetchat", "0.1.0"),
         logging_config=None,
     )
+    document_errors(app)
+    return app
