@@ -27,6 +27,8 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"  # not a member of the conversation, or not an admin of the group
     GROUP_FULL = "group_full"  # adding past the group size limit
     FORBIDDEN_ORIGIN = "forbidden_origin"
+    # a plain GET to the WebSocket's path: a proxy dropped the Upgrade header (long polling works)
+    UPGRADE_REQUIRED = "upgrade_required"
     # delivery
     UNKNOWN_RECIPIENT = "unknown_recipient"
     RESYNC_NEEDED = "resync_needed"

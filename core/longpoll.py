@@ -25,8 +25,20 @@ from core.feed import InboxFeed
 from core.model import Device
 from core.ports import InboxEntry
 from core.presence import without_last_seen
-from core.protocol import PresenceEvent, ResyncNeeded, encode, msg_frames
+from core.protocol import (
+    MsgFrame,
+    MsgsFrame,
+    PresenceEvent,
+    ReceiptEvent,
+    ResyncNeeded,
+    TypingEvent,
+    encode,
+    msg_frames,
+)
 from core.receipts import decode_head, delivered_marks
+
+PollFrame = MsgFrame | MsgsFrame | ResyncNeeded | ReceiptEvent | TypingEvent | PresenceEvent
+"""The server frames a poll answers with (``msgs`` only for protocol 2)."""
 
 _VISIBLE_CACHE_S = 30.0
 """Whose presence a user may see is cached this long per process (a poll per 25 s per device

@@ -17,6 +17,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.BAD_CREDENTIALS: 401,
     ErrorCode.FORBIDDEN_ORIGIN: 403,
+    ErrorCode.UPGRADE_REQUIRED: 426,
     ErrorCode.USERNAME_TAKEN: 409,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.FORBIDDEN: 403,

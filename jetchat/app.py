@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import nats
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -34,9 +33,12 @@ from core.messaging import Messaging
 from core.ports import HistoryStore
 from core.presence import Presence
 from core.receipts import Receipts
-from frontends.http.routes import exception_handlers, route_handlers
+from frontends.http.answers import end_json_with_newline, exception_handlers
+from frontends.http.openapi import document_errors, openapi_config
+from frontends.http.routes import route_handlers
 from frontends.longpoll.routes import poll
 from frontends.ws.handler import WebSocketProtocol, WsSettings, protocol_class
+from frontends.ws.routes import upgrade_required
 from jetchat.settings import Settings
 from jetstream import streams
 from jetstream.archiver import Archiver
@@ -249,6 +251,8 @@ def frontend_routes(settings: Settings) -> list[ControllerRouterHandler]:
         routes += route_handlers
     if "longpoll" in chosen:
         routes.append(poll)
+    if "ws" in chosen:
+        routes.append(upgrade_required)  # a GET to /v1/ws whose Upgrade header was dropped
     return routes
 
 
@@ -277,7 +281,7 @@ def create_app(settings: Settings) -> Litestar:
             await services.chat.drain()
             await services.stop()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *frontend_routes(settings),
             healthz,
@@ -285,7 +289,10 @@ def create_app(settings: Settings) -> Litestar:
             prometheus_metrics,
         ],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        before_send=[end_json_with_newline],
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(title="jetchat", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config("jetchat", "0.1.0"),
         logging_config=None,
     )
+    document_errors(app)
+    return app

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post, put
+from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
 
 from core.accounts import DeviceInfo, Login, Profile
 from core.chat import Chat
-from core.errors import ChatError, ErrorCode
+from core.errors import ErrorCode
 from core.groups import GroupInfo
 from core.history import MAX_CONVERSATIONS, MAX_PAGE
 from core.messaging import SendRequest
 from core.model import ChatMessage, ConversationSummary, Device, Group, ReceiptState, Sent
 from core.protocol import PresenceItem
 from frontends.auth import bearer_token
-from frontends.errors import error_body
+from frontends.http.openapi import raises
 
 
 class SignUp(msgspec.Struct, frozen=True):
@@ -57,11 +56,19 @@ class AccountsController(Controller):
     tags = ["accounts"]  # noqa: RUF012
     dependencies = {"chat": Provide(provide_chat, sync_to_thread=False)}  # noqa: RUF012
 
-    @post("/accounts", summary="Sign up")
+    @post(
+        "/accounts",
+        summary="Sign up",
+        opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.USERNAME_TAKEN),
+    )
     async def sign_up(self, chat: Chat, data: SignUp) -> Profile:
         return await chat.accounts.sign_up(data.username, data.password, data.display_name)
 
-    @post("/sessions", summary="Log in: a new device and its bearer token")
+    @post(
+        "/sessions",
+        summary="Log in: a new device and its bearer token",
+        opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.BAD_CREDENTIALS),
+    )
     async def log_in(self, chat: Chat, data: LogIn) -> Login:
         return await chat.accounts.log_in(data.username, data.password, data.device_name)
 
@@ -69,6 +76,7 @@ class AccountsController(Controller):
         "/sessions/current",
         summary="Log out: revoke this device's token",
         dependencies={"device": Provide(provide_device)},
+        opt=raises(ErrorCode.NOT_FOUND),  # revoked meanwhile
     )
     async def log_out(self, chat: Chat, device: Device) -> None:
         await chat.revoke(device.user_id, device.id)
@@ -81,6 +89,7 @@ class AccountsController(Controller):
         "/users/{user_id:str}",
         summary="A user's profile",
         dependencies={"device": Provide(provide_device)},
+        opt=raises(ErrorCode.NOT_FOUND),
     )
     async def user(self, chat: Chat, device: Device, user_id: str) -> Profile:
         return await chat.accounts.profile(user_id)
@@ -95,6 +104,7 @@ class AccountsController(Controller):
         "/devices/{device_id:str}",
         summary="Revoke one of my devices",
         dependencies={"device": Provide(provide_device)},
+        opt=raises(ErrorCode.NOT_FOUND),
     )
     async def revoke(self, chat: Chat, device: Device, device_id: str) -> None:
         await chat.revoke(device.user_id, device_id)
@@ -117,6 +127,7 @@ class AccountsController(Controller):
         "/contacts/{user_id:str}",
         summary="Add a contact (I then see their presence)",
         dependencies={"device": Provide(provide_device)},
+        opt=raises(ErrorCode.NOT_FOUND),
         status_code=204,
     )
     async def add_contact(self, chat: Chat, device: Device, user_id: str) -> None:
@@ -156,6 +167,14 @@ class MessagesController(Controller):
             "Resending the same client_id returns the original result and stores nothing new."
         ),
         status_code=200,
+        opt=raises(
+            ErrorCode.INVALID_ARGUMENT,
+            ErrorCode.EMPTY_MESSAGE,
+            ErrorCode.MESSAGE_TOO_LONG,
+            ErrorCode.UNKNOWN_RECIPIENT,
+            ErrorCode.NOT_FOUND,
+            ErrorCode.FORBIDDEN,
+        ),
     )
     async def send(self, chat: Chat, device: Device, data: SendBody) -> Sent:
         request = SendRequest(data.client_id, data.to, data.text)
@@ -193,6 +212,7 @@ class ConversationsController(Controller):
         "/{conv:str}/read",
         summary="Mark read up to a message (on all my devices; members are told)",
         status_code=200,
+        opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.FORBIDDEN),
     )
     async def read(self, chat: Chat, device: Device, conv: str, data: ReadBody) -> ReceiptState:
         return await chat.receipts.read(device.user_id, conv, data.up_to)
@@ -201,11 +221,16 @@ class ConversationsController(Controller):
         "/{conv:str}/typing",
         summary="I am typing (state start, repeated every few seconds) or stopped (stop)",
         status_code=204,
+        opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.FORBIDDEN),
     )
     async def typing(self, chat: Chat, device: Device, conv: str, data: TypingBody) -> None:
         await chat.events.typing(device.user_id, device.id, conv, data.state)
 
-    @get("/{conv:str}/receipts", summary="Every member's delivered and read marks")
+    @get(
+        "/{conv:str}/receipts",
+        summary="Every member's delivered and read marks",
+        opt=raises(ErrorCode.FORBIDDEN),
+    )
     async def receipts(self, chat: Chat, device: Device, conv: str) -> list[ReceiptState]:
         return await chat.receipts.states(device.user_id, conv)
 
@@ -217,6 +242,7 @@ class ConversationsController(Controller):
             f"messages. limit is capped at {MAX_PAGE}. Messages come in id order, which is the "
             "conversation's order. Members only."
         ),
+        opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND),
     )
     async def messages(
         self,
@@ -255,7 +281,11 @@ class GroupsController(Controller):
         "device": Provide(provide_device),
     }
 
-    @post("/", summary="Create a group (I am its first admin)")
+    @post(
+        "/",
+        summary="Create a group (I am its first admin)",
+        opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.GROUP_FULL, ErrorCode.NOT_FOUND),
+    )
     async def create(self, chat: Chat, device: Device, data: NewGroup) -> GroupInfo:
         return await chat.groups.create(device.user_id, device.id, data.name, data.members)
 
@@ -263,49 +293,52 @@ class GroupsController(Controller):
     async def mine(self, chat: Chat, device: Device) -> list[Group]:
         return await chat.groups.mine(device.user_id)
 
-    @get("/{group_id:str}", summary="A group of mine and its members")
+    @get(
+        "/{group_id:str}",
+        summary="A group of mine and its members",
+        opt=raises(ErrorCode.NOT_FOUND),
+    )
     async def info(self, chat: Chat, device: Device, group_id: str) -> GroupInfo:
         return await chat.groups.info(device.user_id, group_id)
 
-    @patch("/{group_id:str}", summary="Rename (admins)")
+    @patch(
+        "/{group_id:str}",
+        summary="Rename (admins)",
+        opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.NOT_FOUND, ErrorCode.FORBIDDEN),
+    )
     async def rename(
         self, chat: Chat, device: Device, group_id: str, data: GroupPatch
     ) -> GroupInfo:
         return await chat.groups.rename(device.user_id, device.id, group_id, data.name)
 
-    @post("/{group_id:str}/members", summary="Add a member (admins)")
+    @post(
+        "/{group_id:str}/members",
+        summary="Add a member (admins)",
+        opt=raises(
+            ErrorCode.INVALID_ARGUMENT,
+            ErrorCode.GROUP_FULL,
+            ErrorCode.NOT_FOUND,
+            ErrorCode.FORBIDDEN,
+        ),
+    )
     async def add(self, chat: Chat, device: Device, group_id: str, data: UserRef) -> GroupInfo:
         return await chat.groups.add(device.user_id, device.id, group_id, data.user_id)
 
     @delete(
         "/{group_id:str}/members/{user_id:str}",
         summary="Remove a member (admins), or leave (my own user id)",
+        opt=raises(ErrorCode.NOT_FOUND, ErrorCode.FORBIDDEN),
     )
     async def remove(self, chat: Chat, device: Device, group_id: str, user_id: str) -> None:
         await chat.groups.remove(device.user_id, device.id, group_id, user_id)
 
-    @post("/{group_id:str}/admins", summary="Make a member an admin (admins)")
+    @post(
+        "/{group_id:str}/admins",
+        summary="Make a member an admin (admins)",
+        opt=raises(ErrorCode.NOT_FOUND, ErrorCode.FORBIDDEN),
+    )
     async def promote(self, chat: Chat, device: Device, group_id: str, data: UserRef) -> GroupInfo:
         return await chat.groups.promote(device.user_id, device.id, group_id, data.user_id)
-
-
-def chat_error_handler(_: Request[object, object, State], exc: ChatError) -> Response[bytes]:
-    status, body = error_body(exc)
-    return Response(body, status_code=status, media_type="application/json")
-
-
-def http_error_handler(
-    request: Request[object, object, State], exc: HTTPException
-) -> Response[bytes]:
-    """Litestar's own errors (bad JSON body, unknown route) in our error shape."""
-    code = {400: ErrorCode.MALFORMED, 404: ErrorCode.NOT_FOUND, 401: ErrorCode.UNAUTHORIZED}.get(
-        exc.status_code, ErrorCode.INVALID_ARGUMENT if exc.status_code < 500 else ErrorCode.INTERNAL
-    )
-    detail = exc.detail
-    if isinstance(exc.extra, list) and exc.extra:
-        detail = f"{detail}: {exc.extra}"
-    body = error_body(ChatError(code, detail))[1]
-    return Response(body, status_code=exc.status_code, media_type="application/json")
 
 
 route_handlers = [
@@ -314,4 +347,3 @@ route_handlers = [
     ConversationsController,
     GroupsController,
 ]
-exception_handlers = {ChatError: chat_error_handler, HTTPException: http_error_handler}

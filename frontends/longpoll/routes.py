@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.openapi.datastructures import ResponseSpec
 
-from core.longpoll import LongPoll
+from core.longpoll import LongPoll, PollFrame
 from core.model import Device
 from frontends.http.routes import provide_device
+
+
+class PollAnswer(msgspec.Struct, frozen=True):
+    """What a poll answers (documentation only: the answer is spliced from frames already
+    encoded, see :func:`poll`)."""
+
+    cursor: int
+    frames: list[PollFrame]
 
 
 @get(
@@ -29,6 +39,11 @@ from frontends.http.routes import provide_device
     dependencies={"device": Provide(provide_device)},
     tags=["long polling"],
     media_type="application/json",
+    responses={
+        200: ResponseSpec(
+            PollAnswer, description="The frames and the next cursor", generate_examples=False
+        )
+    },
 )
 async def poll(
     request: Request[object, object, State],

@@ -319,7 +319,8 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _refuse(self, err: ChatError) -> None:
         status, body = error_body(err)
-        response = self._ws.reject(status, body.decode())
+        # ends with a newline, as the app's JSON answers do (frontends/http/answers.py)
+        response = self._ws.reject(status, body.decode() + "\n")
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "application/json"
         self._ws.send_response(response)
