@@ -38,7 +38,7 @@ from frontends.http.routes import exception_handlers, route_handlers
 from frontends.longpoll.routes import poll
 from frontends.ws.handler import WebSocketProtocol, WsSettings, protocol_class
 from jetchat.settings import Settings
-from jetstream import streams
+from jetstream import natspy, streams
 from jetstream.archiver import Archiver
 from jetstream.group_log import JetStreamGroupLog
 from jetstream.inbox import JetStreamInbox
@@ -88,7 +88,9 @@ class Services:
         clock = SystemClock()
         publisher = Publisher(nc)
         await publisher.start()
-        inbox = JetStreamInbox(nc, js, settings.jetstream, publisher)
+        # what the adapters use of nats-py beyond its public API, checked once (logs the paths)
+        shortcuts = await natspy.check(nc)
+        inbox = JetStreamInbox(nc, js, settings.jetstream, publisher, shortcuts)
         await inbox.start()
         revocations = NatsRevocationBus(nc)
         accounts = Accounts(PostgresAccountStore(pool), clock, settings.token_ttl_s, revocations)
