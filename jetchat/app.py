@@ -86,7 +86,7 @@ class Services:
         await migrate(pool)
 
         clock = SystemClock()
-        publisher = Publisher(nc)
+        publisher = Publisher(nc, settings.jetstream.publish_timeout_s)  # every JetStream write
         await publisher.start()
         # what the adapters use of nats-py beyond its public API, checked once (logs the paths)
         shortcuts = await natspy.check(nc)
@@ -98,7 +98,6 @@ class Services:
             await js.key_value(settings.jetstream.sends_bucket),
             settings.jetstream.sends_bucket,
             publisher,
-            settings.publish_timeout_s,
         )
         cursors = KvCursorStore(await js.key_value(settings.jetstream.cursors_bucket))
         group_store = PostgresGroupStore(pool)
@@ -109,7 +108,7 @@ class Services:
             MessageIds(clock),
             settings.max_message_chars,
             group_store,
-            JetStreamGroupLog(nc, js, settings.jetstream),
+            JetStreamGroupLog(js, settings.jetstream, publisher),
         )
         groups = Groups(group_store, messaging, accounts, clock, settings.max_group_members)
         history_store, closers = await open_history_store(settings, pool)

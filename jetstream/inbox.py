@@ -148,22 +148,14 @@ class JetStreamInbox:
 
     async def append(self, copies: Sequence[tuple[str, str, bytes]]) -> None:
         # Publishes go out in call order on one connection, so JetStream stores the copies in
-        # that order. A lost acknowledgement would leave its future pending: bound the wait.
+        # that order; one bounded wait for all their acknowledgements.
         futures = [
             await self._publisher.publish(
                 self.subject(user), data, headers={"Nats-Msg-Id": dedupe_key}
             )
             for user, dedupe_key, data in copies
         ]
-        try:
-            async with asyncio.timeout(self._s.publish_timeout_s):
-                await asyncio.gather(*futures)
-        except TimeoutError:
-            for f in futures:
-                f.cancel()
-            raise ChatError(
-                ErrorCode.UNAVAILABLE, "JetStream did not acknowledge the message in time; retry"
-            ) from None
+        await self._publisher.acked(futures)
 
     async def read(self, user: str, after_seq: int, limit: int) -> list[InboxEntry]:
         return (await self.read_page(user, after_seq, limit, 0)).entries
