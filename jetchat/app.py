@@ -40,7 +40,7 @@ from frontends.longpoll.routes import poll
 from frontends.ws.handler import WebSocketProtocol, WsSettings, protocol_class
 from frontends.ws.routes import upgrade_required
 from jetchat.settings import Settings
-from jetstream import streams
+from jetstream import natspy, streams
 from jetstream.archiver import Archiver
 from jetstream.group_log import JetStreamGroupLog
 from jetstream.inbox import JetStreamInbox
@@ -88,9 +88,11 @@ class Services:
         await migrate(pool)
 
         clock = SystemClock()
-        publisher = Publisher(nc)
+        publisher = Publisher(nc, settings.jetstream.publish_timeout_s)  # every JetStream write
         await publisher.start()
-        inbox = JetStreamInbox(nc, js, settings.jetstream, publisher)
+        # what the adapters use of nats-py beyond its public API, checked once (logs the paths)
+        shortcuts = await natspy.check(nc)
+        inbox = JetStreamInbox(nc, js, settings.jetstream, publisher, shortcuts)
         await inbox.start()
         revocations = NatsRevocationBus(nc)
         accounts = Accounts(PostgresAccountStore(pool), clock, settings.token_ttl_s, revocations)
@@ -98,7 +100,6 @@ class Services:
             await js.key_value(settings.jetstream.sends_bucket),
             settings.jetstream.sends_bucket,
             publisher,
-            settings.publish_timeout_s,
         )
         cursors = KvCursorStore(await js.key_value(settings.jetstream.cursors_bucket))
         group_store = PostgresGroupStore(pool)
@@ -109,7 +110,7 @@ class Services:
             MessageIds(clock),
             settings.max_message_chars,
             group_store,
-            JetStreamGroupLog(nc, js, settings.jetstream),
+            JetStreamGroupLog(js, settings.jetstream, publisher),
         )
         groups = Groups(group_store, messaging, accounts, clock, settings.max_group_members)
         history_store, closers = await open_history_store(settings, pool)

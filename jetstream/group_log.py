@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import msgspec
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import NotFoundError
 
+from jetstream.publisher import WRONG_LAST_SEQUENCE, Publisher, PublishError
 from jetstream.streams import JetStreamSettings
-
-_WRONG_LAST_SEQUENCE = 10071
 
 
 class _Id(msgspec.Struct):
@@ -20,10 +18,15 @@ _decode_id = msgspec.json.Decoder(_Id).decode
 
 
 class JetStreamGroupLog:
-    def __init__(self, nc: NATS, js: JetStreamContext, settings: JetStreamSettings) -> None:
-        self._nc = nc
+    """Reads through direct gets; writes through the process's one
+    :class:`~jetstream.publisher.Publisher`, like every JetStream write."""
+
+    def __init__(
+        self, js: JetStreamContext, settings: JetStreamSettings, publisher: Publisher
+    ) -> None:
         self._js = js
         self._s = settings
+        self._publisher = publisher
 
     def subject(self, group_id: str) -> str:
         return f"{self._s.groups_subject}.{group_id}"
@@ -41,19 +44,14 @@ class JetStreamGroupLog:
         self, group_id: str, data: bytes, expected_seq: int, dedupe_key: str
     ) -> tuple[int, bytes] | None:
         headers = {
+            "Nats-Expected-Stream": self._s.groups_stream,
             "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
             "Nats-Msg-Id": dedupe_key,
         }
         try:
-            ack = await self._js.publish(
-                self.subject(group_id),
-                data,
-                timeout=self._s.publish_timeout_s,
-                stream=self._s.groups_stream,
-                headers=headers,
-            )
-        except BadRequestError as exc:
-            if exc.err_code == _WRONG_LAST_SEQUENCE:
+            ack = await self._publisher.write(self.subject(group_id), data, headers)
+        except PublishError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:  # another writer came first
                 return None
             raise
         if ack.duplicate:  # a resend within the duplicate window: the first write stands

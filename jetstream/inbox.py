@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 
 from core.errors import ChatError, ErrorCode
 from core.ports import InboxEntry, InboxPage
+from jetstream.natspy import Dispatcher, NatsPy
 from jetstream.publisher import Publisher
 from jetstream.streams import JetStreamSettings
 
@@ -70,16 +71,13 @@ class _Read:
         self.done.set_result(None)
 
 
-class _Watchers:
+class _Watchers(Dispatcher):
     """One NATS subscription per user per process, shared by that user's connections here.
 
-    nats-py gives each callback subscription a task and an asyncio.Queue of its own (about
-    4 KB); with one subscription per connected user that was most of an idle connection's
-    cost. So the subscription is made with ``future=`` set to this object: nats-py then hands
-    every message to its ``set_result``, synchronously, in order, from the task reading the
-    NATS connection (the path meant for a request's one reply, which never ends a
-    subscription by itself), and makes neither task nor queue. The callbacks are synchronous
-    and only buffer or queue (core.feed, the outbox), so nothing waits on that task.
+    Messages come to :meth:`set_result` from the task reading the NATS connection, without a
+    task or queue per subscription (jetstream.natspy, "Dispatch subscriptions": they were
+    most of an idle connection's cost). The callbacks are synchronous and only buffer or
+    queue (core.feed, the outbox), so nothing waits on that task.
     """
 
     __slots__ = ("callbacks", "inbox_prefix", "sub")
@@ -88,9 +86,6 @@ class _Watchers:
         self.sub: Subscription | None = None
         self.inbox_prefix = inbox_prefix
         self.callbacks: list[tuple[Callable[[InboxEntry], None], Callable[[bytes], None]]] = []
-
-    def cancelled(self) -> bool:
-        return False
 
     def set_result(self, msg: Msg) -> None:
         try:
@@ -112,13 +107,20 @@ class _Watchers:
 
 class JetStreamInbox:
     def __init__(
-        self, nc: NATS, js: JetStreamContext, settings: JetStreamSettings, publisher: Publisher
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        settings: JetStreamSettings,
+        publisher: Publisher,
+        natspy: NatsPy,
     ) -> None:
         self._nc = nc
         self._js = js
         self._publisher = publisher
+        self._natspy = natspy
         self._s = settings
         self._reply_prefix = ""
+        self._tokens = itertools.count()  # names each read's replies under the reply prefix
         self._replies: dict[str, asyncio.Queue[Msg]] = {}
         self._reads: dict[bytes, _Read] = {}
         self._raw_replies = False
@@ -126,46 +128,15 @@ class JetStreamInbox:
         self._watch_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        """One reply subscription for every read this process makes (not one per read)."""
+        """One reply subscription for every read this process makes (not one per read).
+
+        A catch-up's cost is mostly per message, and a read needs one header of each reply
+        (``Nats-Sequence``): inbox reads take their replies raw from nats-py's parser when
+        this nats-py allows it (jetstream.natspy, "Raw replies": reads then run about twice
+        as fast), else as nats-py messages like every other direct get here."""
         self._reply_prefix = self._nc.new_inbox()
         sub = await self._nc.subscribe(f"{self._reply_prefix}.*", cb=self._on_reply)
-        self._raw_replies = self._take_raw_replies(sub._id)
-
-    def _take_raw_replies(self, reply_sid: int) -> bool:
-        """Take the replies to inbox reads from nats-py's parser before it builds a message
-        of each. Profiled on a 10,000-message catch-up, about half of an inbox read went
-        into nats-py parsing every reply's seven header lines into a dict, building a ``Msg``
-        and passing it through two queues, where a read needs only ``Nats-Sequence``; without
-        that, reads run about twice as fast.
-
-        This wraps the client's private ``_process_msg(sid, subject, reply, data, headers)``
-        (the parser calls it for every message) for this one subscription; other
-        subscriptions, and other replies to this one, go through unchanged. If a nats-py
-        release changes that method, reads fall back to the general path."""
-        process = getattr(self._nc, "_process_msg", None)
-        if process is None or list(inspect.signature(process).parameters) != [
-            "sid",
-            "subject",
-            "reply",
-            "data",
-            "headers",
-        ]:
-            log.warning("nats-py internals changed: inbox reads take the slower general path")
-            return False
-        reads, stats = self._reads, self._nc.stats
-
-        async def process_msg(
-            sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-        ) -> None:
-            if sid == reply_sid and (read := reads.get(subject.rpartition(b".")[2])) is not None:
-                stats["in_msgs"] += 1
-                stats["in_bytes"] += len(data)
-                read.reply(headers, data)
-            else:
-                await process(sid, subject, reply, data, headers)
-
-        self._nc._process_msg = process_msg  # type: ignore[method-assign]
-        return True
+        self._raw_replies = self._natspy.route_raw_replies(self._nc, sub, self._reads)
 
     async def _on_reply(self, msg: Msg) -> None:
         queue = self._replies.get(msg.subject.rpartition(".")[2])
@@ -177,22 +148,14 @@ class JetStreamInbox:
 
     async def append(self, copies: Sequence[tuple[str, str, bytes]]) -> None:
         # Publishes go out in call order on one connection, so JetStream stores the copies in
-        # that order. A lost acknowledgement would leave its future pending: bound the wait.
+        # that order; one bounded wait for all their acknowledgements.
         futures = [
             await self._publisher.publish(
                 self.subject(user), data, headers={"Nats-Msg-Id": dedupe_key}
             )
             for user, dedupe_key, data in copies
         ]
-        try:
-            async with asyncio.timeout(self._s.publish_timeout_s):
-                await asyncio.gather(*futures)
-        except TimeoutError:
-            for f in futures:
-                f.cancel()
-            raise ChatError(
-                ErrorCode.UNAVAILABLE, "JetStream did not acknowledge the message in time; retry"
-            ) from None
+        await self._publisher.acked(futures)
 
     async def read(self, user: str, after_seq: int, limit: int) -> list[InboxEntry]:
         return (await self.read_page(user, after_seq, limit, 0)).entries
@@ -214,7 +177,7 @@ class JetStreamInbox:
                 entries.append(InboxEntry(seq, prev, msg.data))
                 prev = seq
             return InboxPage(entries, pending > 0)
-        token = bytes(self._nc._nuid.next())
+        token = str(next(self._tokens)).encode()
         read = self._reads[token] = _Read(after_seq)
         try:
             await self._nc.publish(
@@ -241,7 +204,7 @@ class JetStreamInbox:
     async def _direct_batch(self, stream: str, request: dict[str, object]) -> tuple[list[Msg], int]:
         """:meth:`direct_batch`, and how many more messages matched after the batch (the
         end-of-batch reply's ``Nats-Num-Pending``)."""
-        token = self._nc._nuid.next().decode()
+        token = str(next(self._tokens))
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._replies[token] = queue
         out: list[Msg] = []
@@ -288,10 +251,9 @@ class JetStreamInbox:
             if watchers is None:
                 watchers = self._watchers[user] = _Watchers(f"{self._s.live_prefix}.inbox.")
                 # one subscription for both: chat.live.inbox.<user> and chat.live.event.<user>
-                sub = await self._nc.subscribe(f"{self._s.live_prefix}.*.{user}", future=watchers)  # type: ignore[arg-type]
-                # the queue nats-py made anyway stays empty on this path: let it go
-                sub._pending_queue = None  # type: ignore[assignment]
-                watchers.sub = sub
+                watchers.sub = await self._natspy.subscribe_dispatch(
+                    self._nc, f"{self._s.live_prefix}.*.{user}", watchers
+                )
             callbacks = (on_entry, on_event)
             watchers.callbacks.append(callbacks)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 
 import msgspec
@@ -29,16 +28,13 @@ class KvSendLedger:
     subject in the bucket's stream, as ``kv.create``/``kv.put`` would), reads through the
     bucket."""
 
-    def __init__(self, kv: KeyValue, bucket: str, publisher: Publisher, timeout_s: float) -> None:
+    def __init__(self, kv: KeyValue, bucket: str, publisher: Publisher) -> None:
         self._kv = kv
         self._publisher = publisher
         self._subject = f"$KV.{bucket}."
-        self._timeout = timeout_s
 
     async def _write(self, key: str, record: SendRecord, headers: dict[str, str] | None) -> None:
-        ack = await self._publisher.publish(self._subject + key, _encode(record), headers)
-        async with asyncio.timeout(self._timeout):
-            await ack
+        await self._publisher.write(self._subject + key, _encode(record), headers)
 
     async def claim(self, sender: str, client_id: str, record: SendRecord) -> SendRecord | None:
         key = _send_key(sender, client_id)

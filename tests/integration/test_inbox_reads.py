@@ -11,6 +11,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from core.ports import InboxEntry
+from jetstream import natspy
 from jetstream.inbox import JetStreamInbox
 from jetstream.publisher import Publisher
 from jetstream.streams import JetStreamSettings, ensure
@@ -44,10 +45,11 @@ async def fill(nc: NATS, sizes: list[int]) -> list[bytes]:
 async def make_inbox(nc: NATS, raw: bool) -> JetStreamInbox:
     publisher = Publisher(nc)
     await publisher.start()
-    inbox = JetStreamInbox(nc, nc.jetstream(), SETTINGS, publisher)
+    # require: this nats-py has the parser hook the fast path needs
+    shortcuts = await natspy.check(nc, raw_replies=raw, require=True)
+    inbox = JetStreamInbox(nc, nc.jetstream(), SETTINGS, publisher, shortcuts)
     await inbox.start()
-    assert inbox._raw_replies  # this nats-py has the parser hook the fast path needs
-    inbox._raw_replies = raw
+    assert inbox._raw_replies == raw
     return inbox
 
 
