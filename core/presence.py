@@ -5,7 +5,9 @@ Every device's heartbeat is an entry in the presence store that expires ``presen
 entry appears, is refreshed, expires or is removed (a clean log-out), so going offline is
 detected by the expiry itself, never by scanning. A user is online while any device is. A
 phone that drops its connection for a few seconds and comes back keeps its entry alive: no
-offline, no flapping.
+offline, no flapping. Watchers are told one user's changes one at a time, each decided on the
+state as it is when told, so they always end on the user's real state, and a change undone
+before it could be told (an expiry with the reconnect's beat right behind it) is told to no one.
 
 Each process keeps the set of live devices per user (all users: the watch sees every entry)
 and, for its own connections, who watches whom, so a change reaches exactly the connected
@@ -35,7 +37,10 @@ class Presence:
         self._devices: dict[str, dict[str, int]] = {}
         self._watchers: dict[str, set[Deliver]] = {}
         self._ready = False
-        self._announcing: set[asyncio.Task[None]] = set()
+        # at most one announcer per user, and only while it has something to tell
+        self._announcers: dict[str, asyncio.Task[None]] = {}
+        # last beat of users gone offline whose offline is not told yet
+        self._gone_at: dict[str, int] = {}
 
     async def run(self) -> None:
         await self._store.run(self._on_change, self._on_ready)
@@ -99,22 +104,43 @@ class Presence:
             self._devices[user] = devices
         else:
             self._devices.pop(user, None)
-        if self._ready and was_online != bool(devices):
-            task = asyncio.ensure_future(self._announce(user, bool(devices), last_beat))
-            self._announcing.add(task)
-            task.add_done_callback(self._announcing.discard)
-
-    async def _announce(self, user: str, online: bool, last_beat: int | None) -> None:
-        last_seen = None
-        if not online:
-            last_seen = last_beat or self._clock.now_ms()
-            await self._store.set_last_seen(user, last_seen)
-        watchers = self._watchers.get(user)
-        if not watchers or await self._social.hidden([user]):
+        if not self._ready or was_online == bool(devices):
             return
-        event = PresenceEvent(user, online, last_seen)
-        for deliver in list(watchers):
-            deliver(event)
+        if not devices:
+            self._gone_at[user] = last_beat or self._clock.now_ms()
+        if user not in self._announcers:
+            self._announcers[user] = asyncio.ensure_future(self._announce(user, was_online))
+
+    async def _announce(self, user: str, told: bool) -> None:
+        """Tell watchers of ``user``'s state until what they were told is the state.
+
+        One announcer per user, deciding on the state as it is when it is about to deliver:
+        an offline takes two round trips (the last-seen write, the hidden check) and an online
+        one, so announcing each transition on its own let a reconnect right after an expiry
+        overtake the offline, and watchers were left seeing an online user offline. Now a
+        change that comes and goes while an announcement is under way (an expiry with the
+        reconnect's beat a few milliseconds behind) tells nobody anything."""
+        try:
+            while (online := self.online(user)) != told:
+                last_seen = None
+                if not online:
+                    last_seen = self._gone_at.setdefault(user, self._clock.now_ms())
+                    await self._store.set_last_seen(user, last_seen)
+                # most users have no watcher on this process: no query for them
+                watchers = self._watchers.get(user)
+                hidden = bool(watchers) and bool(await self._social.hidden([user]))
+                if self.online(user) != online or (
+                    not online and self._gone_at.get(user) != last_seen
+                ):
+                    continue  # changed while we waited: decide again on the newest state
+                told = online
+                if watchers and not hidden:
+                    event = PresenceEvent(user, online, last_seen)
+                    for deliver in list(watchers):
+                        deliver(event)
+        finally:
+            del self._announcers[user]
+            self._gone_at.pop(user, None)
 
 
 def _nothing() -> None:

@@ -29,6 +29,14 @@ async def presence_events(client: ChatClient, timeout: float) -> list[PresenceEv
     return out
 
 
+async def next_presence(client: ChatClient, timeout: float) -> PresenceEvent:
+    """The first presence event within ``timeout`` seconds (other events are passed over)."""
+    async with asyncio.timeout(timeout):
+        while not isinstance(event := await client.next_event(timeout=timeout), PresenceEvent):
+            pass
+    return event
+
+
 async def beating(client: ChatClient, stop: asyncio.Event) -> None:
     while not stop.is_set():
         await client.ping()
@@ -64,16 +72,27 @@ async def test_reconnecting_within_the_ttl_causes_no_offline_event(server, pg_ds
     url = server.base_url
     (alice, ta), (_, tb) = await bulk_users(pg_dsn, "pr", 2)
     await api(url, tb, "PUT", f"/v1/contacts/{alice}")
+    loop = asyncio.get_running_loop()
     async with ChatClient(url, tb, cursor=0) as b:
         await b.caught_up.wait()  # bob's connection watches from here on
         a = ChatClient(url, ta, cursor=0, reconnect=False)
         await a.connect()
-        assert [e.online for e in await presence_events(b, 1)] == [True]
+        online = await next_presence(b, 5)
+        assert (online.user, online.online) == (alice, True)
+        # The TTL runs from the last heartbeat, not from the drop: beat now, so that the
+        # drop below is what stands between two beats. (Counting from the close let the
+        # reconnect land a full TTL after the connect's beat, racing the expiry.)
+        beat_sent = loop.time()
+        await a.ping()
+        await a.presence([alice])  # answered after the ping: the beat is stored
         await a.close()
-        await asyncio.sleep(TTL / 2)  # a short drop, then back
-        async with ChatClient(url, ta, cursor=None) as a2:
+        await asyncio.sleep(TTL / 4)  # a short drop, then back
+        async with ChatClient(url, ta, cursor=None) as a2:  # connecting beats
+            silent = loop.time() - beat_sent
+            assert silent < TTL * 3 / 4, f"silent for {silent:.2f} s: too slow to test a short drop"
             stop = asyncio.Event()
             task = asyncio.create_task(beating(a2, stop))
+            # past the moment the old beat would have expired, and then some
             assert await presence_events(b, TTL + 2) == []  # no flap
             stop.set()
             await task

@@ -220,6 +220,50 @@ class NoPresence:
         pass
 
 
+class MemoryPresence:
+    """Heartbeat entries that expire when the test says so (:meth:`expire`), told to the
+    watcher synchronously and in order, as the KV watch does. Last-seen writes wait while
+    ``writes`` is clear, standing in for a slow KV round trip."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], int] = {}
+        self.seen: dict[str, int] = {}
+        self.writes = asyncio.Event()
+        self.writes.set()
+        self._on_change: Callable[[str, str, int | None], None] | None = None
+
+    async def beat(self, user: str, device: str, now_ms: int) -> None:
+        self.entries[(user, device)] = now_ms
+        self._tell(user, device, now_ms)
+
+    async def gone(self, user: str, device: str) -> None:
+        self.expire(user, device)
+
+    def expire(self, user: str, device: str) -> None:
+        del self.entries[(user, device)]
+        self._tell(user, device, None)
+
+    async def run(
+        self, on_change: Callable[[str, str, int | None], None], on_ready: Callable[[], None]
+    ) -> None:
+        for (user, device), ms in self.entries.items():
+            on_change(user, device, ms)
+        on_ready()
+        self._on_change = on_change
+        await asyncio.Future()  # until cancelled
+
+    async def last_seen(self, users: list[str]) -> dict[str, int]:
+        return {u: self.seen[u] for u in users if u in self.seen}
+
+    async def set_last_seen(self, user: str, ms: int) -> None:
+        await self.writes.wait()
+        self.seen[user] = ms
+
+    def _tell(self, user: str, device: str, ms: int | None) -> None:
+        if self._on_change is not None:
+            self._on_change(user, device, ms)
+
+
 class NoSocial:
     async def visible(self, user_id: str) -> set[str]:
         return set()
