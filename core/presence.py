@@ -15,12 +15,15 @@ devices allowed to see it, once, on every process, without any fanout write.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection
 
 import msgspec
 
 from core.ports import Clock, PresenceStore, SocialStore
 from core.protocol import PresenceEvent, PresenceItem
+
+log = logging.getLogger(__name__)
 
 MAX_QUERY = 500
 
@@ -100,9 +103,16 @@ class Presence:
         else:
             self._devices.pop(user, None)
         if self._ready and was_online != bool(devices):
+            # A task per transition, not supervised: it ends once told, and restarting a
+            # failed announcement would tell a stale state; its failure is logged.
             task = asyncio.ensure_future(self._announce(user, bool(devices), last_beat))
             self._announcing.add(task)
-            task.add_done_callback(self._announcing.discard)
+            task.add_done_callback(self._announced)
+
+    def _announced(self, task: asyncio.Task[None]) -> None:
+        self._announcing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("announcing a presence change failed", exc_info=exc)
 
     async def _announce(self, user: str, online: bool, last_beat: int | None) -> None:
         last_seen = None

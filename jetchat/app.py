@@ -147,6 +147,7 @@ class Services:
         services = cls(settings, nc, js, pool, chat, history_store, closers)
         # forever: a watch whose iterator ends (the connection closed under it) is restarted
         services.supervisor.start("presence", chat.presence.run, forever=True)
+        services.supervisor.start("cursor-flush", chat.flush_cursors, forever=True)
         return services
 
     def start_archiver(
@@ -271,6 +272,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = await Services.start(settings)
         app.state.services = services
+        app.state.supervisor = services.supervisor  # the WebSocket frontend's keepalive
         app.state.chat = services.chat
         app.state.longpoll = LongPoll(services.chat)
         app.state.poll_timeout_s = settings.poll_timeout_s
