@@ -73,7 +73,9 @@ class Backoff:
     ``first_s`` again and the worker's down time counts from this failure."""
 
     def delay(self, failures: int, rand: float) -> float:
-        base = min(self.max_s, self.first_s * self.factor ** max(0, failures - 1))
+        # the exponent is bounded: a day-long outage is thousands of failures in a row, and
+        # 2.0 ** 1100 overflows
+        base = min(self.max_s, self.first_s * self.factor ** min(max(0, failures - 1), 64))
         return base * (1.0 - self.jitter * rand)
 
 

@@ -124,7 +124,7 @@ async def test_backoff_is_capped_and_jittered(time_):
         await time_.advance(time_.sleeps[-1])
     # 1, 2, 4, 4, 4 cut by half (the largest jitter)
     assert time_.sleeps == [0.5, 1.0, 2.0, 2.0, 2.0]
-    assert Backoff().delay(30, 0.0) == 30.0
+    assert Backoff().delay(30, 0.0) == Backoff().delay(100_000, 0.0) == 30.0
     await sup.stop()
 
 
