@@ -9,8 +9,9 @@ when it raised. So the handler's work happens before the acknowledgement, at lea
 What the runner does not do is retry: a fetch that times out is the normal "nothing new", but
 every other error (JetStream unavailable during a node failure, the NATS connection lost, the
 durable deleted, the handler failing) ends :meth:`run` with that error, and the supervisor
-(core/supervisor.py) restarts it with backoff, logs it and reports the worker down. A handler
-that fails keeps its batch un-acknowledged; the restart fetches it again.
+(core/supervisor.py) restarts it with backoff, logs it and reports the worker down. A batch
+whose handler failed is nak'ed first, so it does not wait out the ack wait; one that was being
+handled when the runner was cancelled or lost its connection comes back after the ack wait.
 """
 
 from __future__ import annotations
