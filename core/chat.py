@@ -96,7 +96,7 @@ class Chat:
         self._by_device: dict[str, Connection | set[Connection]] = {}
         # connections whose acked position is not stored yet, with when to store it
         self._unflushed: dict[Connection, float] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._flush_wanted = asyncio.Event()  # set when _unflushed gets a first entry
 
     @property
     def connections(self) -> list[Connection]:
@@ -131,41 +131,43 @@ class Chat:
 
     def acked(self, conn: Connection) -> None:
         """An attached connection's client acknowledged more: its position is stored
-        ``limits.cursor_flush_s`` after the first ack not yet stored. One task of the process
-        writes every connection's position (a task per connection would cost about a kilobyte
-        each, idle or not); each is written at its own time, not all at once, so the writes do
-        not come as one burst that stalls delivery every period."""
+        ``limits.cursor_flush_s`` after the first ack not yet stored, by :meth:`flush_cursors`."""
         if conn not in self._unflushed:
             # the delay is the same for all: insertion order is the order of the deadlines
             self._unflushed[conn] = asyncio.get_running_loop().time() + self.limits.cursor_flush_s
-        if self._flusher is None:
-            self._flusher = asyncio.ensure_future(self._flush_loop())
+            self._flush_wanted.set()
 
-    async def _flush_loop(self) -> None:
+    async def flush_cursors(self) -> None:
+        """Store acknowledged positions as they come due, until cancelled: the process runs
+        this once, under its supervisor (a task per connection would cost about a kilobyte
+        each, idle or not). Each is written at its own time, not all at once, so the writes do
+        not come as one burst that stalls delivery every period. It waits on an event while
+        nothing is due: one idle task per process. (It used to be started at the first ack of
+        each burst and end when none was left; that saved nothing worth having, and its
+        failures were never retrieved.) Connections that close store their own position."""
         loop = asyncio.get_running_loop()
         unflushed = self._unflushed
-        try:
-            while unflushed:
-                delay = next(iter(unflushed.values())) - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                now = loop.time()
-                due = []
-                while unflushed and next(iter(unflushed.values())) <= now:
-                    conn = next(iter(unflushed))
-                    del unflushed[conn]
-                    due.append(conn)
-                results = await asyncio.gather(
-                    *(c.flush_cursor() for c in due), return_exceptions=True
-                )
-                for conn, result in zip(due, results, strict=True):
-                    if isinstance(result, Exception):
-                        # the client replays a little more after a reconnect, nothing is lost
-                        log.warning("storing a cursor failed; retrying", exc_info=result)
-                        if conn in self._of_device(conn.device.id):
-                            self.acked(conn)
-        finally:
-            self._flusher = None
+        while True:
+            if not unflushed:
+                self._flush_wanted.clear()
+                await self._flush_wanted.wait()
+                continue
+            delay = next(iter(unflushed.values())) - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            due = []
+            while unflushed and next(iter(unflushed.values())) <= now:
+                conn = next(iter(unflushed))
+                del unflushed[conn]
+                due.append(conn)
+            results = await asyncio.gather(*(c.flush_cursor() for c in due), return_exceptions=True)
+            for conn, result in zip(due, results, strict=True):
+                if isinstance(result, Exception):
+                    # the client replays a little more after a reconnect, nothing is lost
+                    log.warning("storing a cursor failed; retrying", exc_info=result)
+                    if conn in self._of_device(conn.device.id):
+                        self.acked(conn)
 
     def device_revoked(self, device_id: str) -> None:
         """Close this process's connections of a revoked device (called by the revocation bus)."""
@@ -183,6 +185,4 @@ class Chat:
         await asyncio.gather(
             *(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in self.connections),
             return_exceptions=True,
-        )
-        if self._flusher is not None:
-            self._flusher.cancel()  # each connection stores its position as it closes
+        )  # each connection stores its position as it closes

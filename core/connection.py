@@ -288,6 +288,8 @@ class Connection:
     # --- tasks ---------------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        # Tasks of one connection, not supervised: they end with it, and a failure closes it
+        # (1011) so that the client reconnects and resumes from its cursor.
         task = asyncio.ensure_future(coro)
         task.add_done_callback(self._task_done)
         return task

@@ -82,6 +82,8 @@ class Messaging:
             if failed:
                 log.warning("send ledger marks not written", extra={"count": failed})
 
+        # a task per batch of sends, not supervised: it ends with the marks, and handles its
+        # own failures (a resend finds an incomplete claim and finishes it)
         task = asyncio.ensure_future(complete())
         self._completing.add(task)
         task.add_done_callback(self._completing.discard)

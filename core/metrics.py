@@ -25,3 +25,13 @@ EVENTS_DROPPED = Counter(
 )
 PENDING_POLLS = Gauge("jetchat_pending_polls", "Long polls waiting for something to answer")
 SLOW_CONSUMERS = Counter("jetchat_slow_consumers_total", "Connections closed as slow consumers")
+WORKER_UP = Gauge(
+    "jetchat_worker_up",
+    "1 while a supervised background worker runs, 0 while it waits to restart or has stopped",
+    ["worker"],
+)
+WORKER_RESTARTS = Counter(
+    "jetchat_worker_restarts_total",
+    "Restarts of a supervised background worker after it failed",
+    ["worker"],
+)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -249,6 +249,31 @@ class InboxPage(msgspec.Struct, frozen=True):
 
     entries: list[InboxEntry]
     more: bool
+
+
+class InboxCopy(msgspec.Struct, frozen=True, gc=False):
+    """One copy of a message in ``user``'s inbox, as a durable consumer of the inboxes (the
+    archiver; the push worker) receives it: ``data`` is the stored message, undecoded."""
+
+    user: str
+    data: bytes
+
+
+Item_contra = TypeVar("Item_contra", contravariant=True)
+
+
+class BatchHandler(Protocol[Item_contra]):
+    """The core's side of a durable stream consumer (jetstream/consumer.py runs the other side:
+    fetching, acknowledging, restarting under the supervisor)."""
+
+    async def handle(self, batch: Sequence[Item_contra]) -> None:
+        """Process a batch, in stream order. Returning means done: every item is acknowledged
+        and never delivered again. Raising (or being cancelled) means none is: the whole batch
+        is delivered again later, maybe to another process, so handling must be idempotent.
+        Delivery is at least once; after a redelivery, batches may overlap or come out of
+        order. A handler that cannot use an item (undecodable) logs it and returns normally:
+        raising for it would redeliver it forever."""
+        ...
 
 
 class InboxLog(Protocol):

@@ -17,12 +17,15 @@ devices allowed to see it, once, on every process, without any fanout write.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection
 
 import msgspec
 
 from core.ports import Clock, PresenceStore, SocialStore
 from core.protocol import PresenceEvent, PresenceItem
+
+log = logging.getLogger(__name__)
 
 MAX_QUERY = 500
 
@@ -109,7 +112,11 @@ class Presence:
         if not devices:
             self._gone_at[user] = last_beat or self._clock.now_ms()
         if user not in self._announcers:
-            self._announcers[user] = asyncio.ensure_future(self._announce(user, was_online))
+            # A task per user with news, not supervised: it ends once its watchers are told,
+            # and restarting a failed one would tell a stale state; its failure is logged.
+            task = asyncio.ensure_future(self._announce(user, was_online))
+            task.add_done_callback(_log_failed_announcement)
+            self._announcers[user] = task
 
     async def _announce(self, user: str, told: bool) -> None:
         """Tell watchers of ``user``'s state until what they were told is the state.
@@ -141,6 +148,11 @@ class Presence:
         finally:
             del self._announcers[user]
             self._gone_at.pop(user, None)
+
+
+def _log_failed_announcement(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("announcing a presence change failed", exc_info=exc)
 
 
 def _nothing() -> None:

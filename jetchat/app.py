@@ -33,6 +33,7 @@ from core.messaging import Messaging
 from core.ports import HistoryStore
 from core.presence import Presence
 from core.receipts import Receipts
+from core.supervisor import Supervisor
 from frontends.http.answers import end_json_with_newline, exception_handlers
 from frontends.http.openapi import document_errors, openapi_config
 from frontends.http.routes import route_handlers
@@ -41,7 +42,7 @@ from frontends.ws.handler import WebSocketProtocol, WsSettings, protocol_class
 from frontends.ws.routes import upgrade_required
 from jetchat.settings import Settings
 from jetstream import natspy, streams
-from jetstream.archiver import Archiver
+from jetstream.archiver import archiver, report_lag
 from jetstream.group_log import JetStreamGroupLog
 from jetstream.inbox import JetStreamInbox
 from jetstream.kv import KvCursorStore, KvSendLedger
@@ -71,8 +72,10 @@ class Services:
     chat: Chat
     history_store: HistoryStore
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    archiver_task: asyncio.Task[None] | None = None
-    presence_task: asyncio.Task[None] | None = None
+    supervisor: Supervisor = field(default_factory=Supervisor)
+    """Runs every background task of the process (core/supervisor.py). What is not under it
+    is a task of one connection, poll or request, which ends with it (see where each is
+    made)."""
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -145,24 +148,34 @@ class Services:
         )
         await revocations.subscribe(chat.device_revoked)
         services = cls(settings, nc, js, pool, chat, history_store, closers)
-        services.presence_task = asyncio.create_task(chat.presence.run(), name="presence")
-        services.presence_task.add_done_callback(_log_failure)
+        # forever: a watch whose iterator ends (the connection closed under it) is restarted
+        services.supervisor.start("presence", chat.presence.run, forever=True)
+        services.supervisor.start("cursor-flush", chat.flush_cursors, forever=True)
         return services
 
-    def start_archiver(self) -> None:
-        archiver = Archiver(self.js, self.history_store, self.settings.jetstream)
-        self.archiver_task = asyncio.create_task(archiver.run(), name="archiver")
-        self.archiver_task.add_done_callback(_log_failure)
+    def start_archiver(
+        self, *, max_restarts: int | None = None, restart_window_s: float = 600.0
+    ) -> None:
+        """More than ``max_restarts`` failures within ``restart_window_s``: the archiver fails
+        for good (``jetchat archiver`` then exits non-zero); None: it is restarted as long as
+        the process runs (readiness reports it when it stays down)."""
+        self.supervisor.start(
+            "archiver",
+            archiver(self.nc, self.js, self.history_store, self.settings.jetstream).run,
+            forever=True,
+            max_restarts=max_restarts,
+            restart_window_s=restart_window_s,
+        )
+
+    def start_lag_report(self) -> None:
+        """Export the archiver's lag, read from its consumer on the server: from every
+        serving process, whether it archives or not, and apart from the archiver so that the
+        gauge stays true while the archiver is down."""
+        s = self.settings.jetstream
+        self.supervisor.start("archiver-lag", lambda: report_lag(self.js, s), forever=True)
 
     async def stop(self) -> None:
-        tasks = [t for t in (self.archiver_task, self.presence_task) if t is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            # bounded: a task that does not end on cancellation must not hold up the exit
-            _, stuck = await asyncio.wait(tasks, timeout=5)
-            for task in stuck:
-                log.error("background task did not stop", extra={"task": task.get_name()})
+        await self.supervisor.stop()
         # flush what is published, then close: drain() would wait up to 30 s on the
         # archiver's pull subscription, which has nothing left to give
         with contextlib.suppress(Exception):
@@ -190,13 +203,8 @@ class Services:
             checks["history"] = "ok"
         except Exception as exc:
             checks["history"] = f"error: {type(exc).__name__}"
+        checks.update(self.supervisor.readiness(self.settings.worker_down_ready_s))
         return checks
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    """A background task of the process died: say so loudly (readiness keeps answering)."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("background task failed", extra={"task": task.get_name()}, exc_info=exc)
 
 
 async def open_history_store(
@@ -225,7 +233,8 @@ def healthz() -> dict[str, str]:
 
 @get("/readyz", include_in_schema=False)
 async def readyz(state: State) -> Response[dict[str, object]]:
-    """NATS, JetStream and Postgres answer: this process can take traffic."""
+    """NATS, JetStream, Postgres and the history store answer, and no background worker has
+    been down for long: this process can take traffic."""
     services: Services = state.services
     checks = await services.ready()
     ok = all(v == "ok" for v in checks.values())
@@ -268,6 +277,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = await Services.start(settings)
         app.state.services = services
+        app.state.supervisor = services.supervisor  # the WebSocket frontend's keepalive
         app.state.chat = services.chat
         app.state.longpoll = LongPoll(services.chat)
         app.state.poll_timeout_s = settings.poll_timeout_s
@@ -276,6 +286,7 @@ def create_app(settings: Settings) -> Litestar:
         )
         if settings.archiver:
             services.start_archiver()
+        services.start_lag_report()
         try:
             yield
         finally:

@@ -96,23 +96,32 @@ async def _archiver_lag(settings: Settings) -> None:
 
 
 async def _run_archiver(settings: Settings) -> None:
+    """Archive until SIGTERM or SIGINT (then return: exit status 0), or until the archiver
+    fails for good (too many restarts, or a configuration error): then raise SystemExit(1),
+    after the clean-up, so that the process manager restarts it and the operator sees it."""
     from jetchat.app import Services
 
     services = await Services.start(settings)
-    services.start_archiver()
-    assert services.archiver_task is not None
+    services.start_archiver(
+        max_restarts=settings.archiver_max_restarts,
+        restart_window_s=settings.archiver_restart_window_s,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("archiver running")
+    failed = asyncio.ensure_future(services.supervisor.failed())
+    stopping = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait(
-            [services.archiver_task, asyncio.create_task(stop.wait())],
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        await asyncio.wait([failed, stopping], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        failed.cancel()
+        stopping.cancel()
         await services.stop()
+    if failed.done() and not failed.cancelled():
+        worker = failed.result()
+        raise SystemExit(f"jetchat archiver: worker {worker.name} failed for good: {worker.reason}")
 
 
 def _need_servers(settings: Settings, command: str, *names: str) -> None:

@@ -92,6 +92,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     archiver_ack_wait_s: float = 30.0
     """A batch an archiver took but did not acknowledge in this time (it died) goes to
     another archiver."""
+    archiver_max_restarts: int = 20
+    """``jetchat archiver`` exits with status 1 (for its process manager to restart it and
+    the operator to see) when its archiver failed more than this many times within
+    ``archiver_restart_window_s``: restarts come 0.1 s doubling to 30 s apart, so 20 is
+    about five minutes of failing without a break. ``jetchat serve`` never gives up on its
+    archiver: readiness reports it instead."""
+    archiver_restart_window_s: float = 600.0
     cassandra_hosts: str = ""
     """Cassandra contact points, comma-separated. Empty: history goes to Postgres (the same
     database as accounts), through the same history-store contract."""
@@ -103,6 +110,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     history_bucket_s: int = 10 * DAY_S
     """Cassandra partitions a conversation by this much time, which bounds a partition's size
     for the busiest conversation. Fixed once history exists (it decides where rows live)."""
+
+    worker_down_ready_s: float = 10.0
+    """``/readyz`` answers 503, naming it, while a background worker is down longer than this."""
 
     shutdown_grace_s: float = 5.0
     """On SIGTERM/Ctrl-C: connections are closed with 1001 (clients reconnect elsewhere) and

@@ -1,32 +1,30 @@
-"""The history archiver: every inbox message into the history store, acknowledged after.
+"""The history archiver's JetStream side: the durable consumer ``archiver`` on the inboxes, run
+by the consumer runner with the core's handler (core/archive.py), and its lag.
 
-Each message sits in several inboxes (a 1:1 in both participants', a group's in every
-member's); one copy is written and the others are acknowledged as they are. History writes are
-idempotent, so a batch delivered again after a crash (not acknowledged within
-``archiver_ack_wait_s``) is simply written again: kill an archiver at any moment and history
-still holds each message exactly once. Any number of archivers may run: they pull from one
-durable consumer and share the work.
+Any number of archivers may run: they pull from one durable consumer and share the work. The
+runner acknowledges a batch only after the handler wrote it; the supervisor restarts the runner
+when it fails. The lag is read from the consumer's state on the server by a worker of its own,
+so the gauge keeps telling the truth while the archiver is down (it used to be reported by a
+task inside the archiver, and read 0 once that died).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from core import metrics
-from core.model import ChatMessage
-from core.ports import HistoryStore
-from jetstream.streams import JetStreamSettings
+from core.archive import Archiver
+from core.ports import HistoryStore, InboxCopy
+from jetstream.consumer import PullConsumer
+from jetstream.streams import JetStreamSettings, archiver_consumer_config
 
-log = logging.getLogger(__name__)
-
-_decode = msgspec.json.Decoder(ChatMessage).decode
+LAG_EVERY_S = 5.0
+"""How often the lag gauge is refreshed: one consumer-info request per archiving process."""
 
 
 class ArchiverLag(msgspec.Struct, frozen=True):
@@ -48,81 +46,31 @@ async def archiver_lag(js: JetStreamContext, s: JetStreamSettings) -> ArchiverLa
     )
 
 
-def to_archive(msg: Msg) -> ChatMessage | None:
-    """The message to store for this inbox entry, or None for the other copies: of a 1:1
-    message the recipient's copy is kept, of a group entry the sender's (every member has
-    one; the sender always does)."""
-    message = _decode(msg.data)
-    owner = msg.subject.rpartition(".")[2]
-    keep = message.sender if message.conv.startswith("group.") else message.to
-    return message if owner == keep else None
+async def report_lag(js: JetStreamContext, s: JetStreamSettings) -> None:
+    """Set ``jetchat_archiver_lag_messages`` every :data:`LAG_EVERY_S`, forever. Raises when the
+    consumer's state cannot be read (the supervisor restarts it; the gauge keeps its last value
+    and ``jetchat_worker_up{worker="archiver-lag"}`` says it is stale)."""
+    while True:
+        metrics.ARCHIVER_LAG.set((await archiver_lag(js, s)).total)
+        await asyncio.sleep(LAG_EVERY_S)
 
 
-class Archiver:
-    def __init__(
-        self,
-        js: JetStreamContext,
-        store: HistoryStore,
-        settings: JetStreamSettings,
-        batch: int = 500,
-    ) -> None:
-        self._js = js
-        self._store = store
-        self._s = settings
-        self._batch = batch
+def inbox_copy(msg: Msg) -> InboxCopy:
+    """The core's view of an inbox message: whose inbox (the subject's last token), and the
+    stored bytes."""
+    return InboxCopy(msg.subject.rpartition(".")[2], msg.data)
 
-    async def run(self) -> None:
-        """Archive until cancelled."""
-        sub = await self._js.pull_subscribe_bind(
-            durable=self._s.archiver_consumer, stream=self._s.inbox_stream
-        )
-        lag_task = asyncio.create_task(self._report_lag())
-        try:
-            while True:
-                try:
-                    msgs = await sub.fetch(self._batch, timeout=1.0)
-                except TimeoutError:
-                    # nats-py's fetch can turn a cancellation that meets its own timeout
-                    # into a TimeoutError: honour the cancellation, or shutdown would wait
-                    # on an archiver that keeps fetching
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise asyncio.CancelledError from None
-                    continue
-                await self._archive(msgs)
-        finally:
-            lag_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lag_task
 
-    async def _archive(self, msgs: list[Msg]) -> None:
-        messages: list[ChatMessage] = []
-        for msg in msgs:
-            try:
-                message = to_archive(msg)
-            except msgspec.DecodeError:
-                log.error("undecodable inbox message dropped", extra={"subject": msg.subject})
-                await msg.term()
-                continue
-            if message is not None:
-                messages.append(message)
-        # A store that is down stops the archiver here (the inbox keeps the messages, the lag
-        # grows and shows it); it resumes when the store answers.
-        async for attempt in AsyncRetrying(
-            wait=wait_exponential(multiplier=0.1, max=5),
-            retry=retry_if_exception_type(Exception),
-            before_sleep=lambda state: log.warning(
-                "history write failed; retrying", extra={"error": repr(state.outcome)}
-            ),
-        ):
-            with attempt:
-                await self._store.write(messages)
-        for msg in msgs:
-            await msg.ack()
-        metrics.ARCHIVED.inc(len(messages))
-
-    async def _report_lag(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                metrics.ARCHIVER_LAG.set((await archiver_lag(self._js, self._s)).total)
-            await asyncio.sleep(5)
+def archiver(
+    nc: NATS, js: JetStreamContext, store: HistoryStore, s: JetStreamSettings, batch: int = 500
+) -> PullConsumer[InboxCopy]:
+    """The archiver: run it (``.run()``) under the supervisor."""
+    return PullConsumer(
+        nc,
+        js,
+        s.inbox_stream,
+        archiver_consumer_config(s),
+        inbox_copy,
+        Archiver(store),
+        batch=batch,
+    )

@@ -58,6 +58,7 @@ async def poll(
     if cursor is not None and cursor < 0:
         cursor = 0
     gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    # a task of this poll, not supervised: it is cancelled when the poll answers
     watcher = asyncio.ensure_future(_until_disconnected(request, gone))
     try:
         next_cursor, frames = await longpoll.poll(device, cursor, wait, gone, protocol)

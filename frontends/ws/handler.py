@@ -35,6 +35,7 @@ from websockets.server import ServerProtocol
 from core.chat import Chat
 from core.connection import Connection
 from core.errors import ChatError, ErrorCode
+from core.supervisor import Supervisor
 from frontends.auth import token_from
 from frontends.errors import error_body
 
@@ -71,33 +72,45 @@ class _Server:
         self.connections: set[Any] = server_state.connections
         self.tasks: set[asyncio.Task[None]] = server_state.tasks
         self.open: set[WebSocketProtocol] = set()  # past the handshake: kept alive by pings
-        self._keepalive: asyncio.Task[None] | None = None
+        self._opened = asyncio.Event()  # set when a socket opens, for the keepalive
+        if self.ping_interval:
+            # Made at the first upgrade: a process that serves no WebSocket has no keepalive.
+            # One task for the process, under the supervisor (a bug in it used to stop the
+            # pings until the next socket opened, with one log line; now it is restarted
+            # and shows in the worker metrics and readiness).
+            supervisor: Supervisor = state.supervisor
+            supervisor.start("ws-keepalive", self._keepalive_loop, forever=True)
 
     def opened(self, sock: WebSocketProtocol) -> None:
         self.open.add(sock)
-        if self.ping_interval and self._keepalive is None:
-            self._keepalive = self.spawn(self._keepalive_loop(self.ping_interval))
+        self._opened.set()
 
-    async def _keepalive_loop(self, interval: float) -> None:
+    async def _keepalive_loop(self) -> None:
         """One task pings every open socket about every ``ping_interval`` and closes those
         that did not answer within ``ping_timeout``, looking four times per interval (or
         timeout), so both are kept to within a quarter. A timer per socket, as uvicorn has,
-        costs about 500 bytes each."""
+        costs about 500 bytes each. With no socket open it waits."""
+        interval = self.ping_interval
+        assert interval
         timeout = self.ping_timeout
         tick = min(interval, timeout or interval) / 4
         loop = asyncio.get_running_loop()
-        try:
-            while self.open:
-                await asyncio.sleep(tick)
-                now = loop.time()
-                for i, sock in enumerate(list(self.open)):
-                    sock.keepalive(now, interval, timeout)
-                    if i % 500 == 499:
-                        await asyncio.sleep(0)  # 10,000 pings are not one stall
-        finally:
-            self._keepalive = None
+        while True:
+            if not self.open:
+                self._opened.clear()
+                await self._opened.wait()
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for i, sock in enumerate(list(self.open)):
+                sock.keepalive(now, interval, timeout)
+                if i % 500 == 499:
+                    await asyncio.sleep(0)  # 10,000 pings are not one stall
 
     def spawn(self, coro: Any) -> asyncio.Task[None]:
+        """A task of one socket (its handshake, frame reader, or end). Not supervised: it
+        belongs to the socket and ends with it, restarting it would make no sense; its errors
+        are handled where they happen (refusal, close 1011), and anything left is logged
+        here. uvicorn's graceful shutdown waits for these tasks."""
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self._done)

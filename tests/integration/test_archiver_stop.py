@@ -8,7 +8,7 @@ import asyncio
 import nats
 import pytest
 
-from jetstream.archiver import Archiver
+from jetstream.archiver import archiver
 from jetstream.streams import JetStreamSettings, ensure
 
 
@@ -26,8 +26,8 @@ async def test_archiver_stops_when_cancelled_while_fetching(nats_url, idle_s):
     nc = await nats.connect(nats_url)
     try:
         await ensure(nc.jetstream(), settings)
-        archiver = Archiver(nc.jetstream(), Nowhere(), settings)  # type: ignore[arg-type]
-        task = asyncio.create_task(archiver.run())
+        runner = archiver(nc, nc.jetstream(), Nowhere(), settings)  # type: ignore[arg-type]
+        task = asyncio.create_task(runner.run())
         await asyncio.sleep(idle_s)
         task.cancel()
         done, _ = await asyncio.wait([task], timeout=5)

@@ -99,8 +99,20 @@ async def test_health_readiness_metrics_and_openapi(server):
         ready = (await http.get("/readyz")).json()
         assert ready == {
             "ready": True,
-            "checks": {"nats": "ok", "jetstream": "ok", "postgres": "ok", "history": "ok"},
+            "checks": {
+                "nats": "ok",
+                "jetstream": "ok",
+                "postgres": "ok",
+                "history": "ok",
+                # the supervised workers (ws-keepalive comes with the first WebSocket)
+                "worker:presence": "ok",
+                "worker:cursor-flush": "ok",
+                "worker:archiver": "ok",
+                "worker:archiver-lag": "ok",
+            },
         }
-        assert "jetchat_messages_sent_total" in (await http.get("/metrics")).text
+        metrics = (await http.get("/metrics")).text
+        assert "jetchat_messages_sent_total" in metrics
+        assert 'jetchat_worker_up{worker="archiver"} 1.0' in metrics
         spec = (await http.get("/schema/openapi.json")).json()
         assert {"/v1/accounts", "/v1/sessions", "/v1/messages"} <= set(spec["paths"])

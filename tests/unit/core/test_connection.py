@@ -148,3 +148,30 @@ async def test_hello_with_protocol_0_is_refused_and_an_unknown_newer_one_gets_ou
     assert replay[0]["type"] == "msgs" and len(replay[0]["items"]) == 3
     assert replay[1]["type"] == "caught_up"
     await conn.aclose()
+
+
+async def test_the_flush_worker_stores_acked_positions_while_connections_stay_open():
+    chat, _, accounts = make_chat(Limits(cursor_flush_s=0))
+    for n in ("alice", "bob"):
+        await accounts.create_user(User(n, n, "x", 0))
+    flusher = asyncio.ensure_future(chat.flush_cursors())  # the supervisor runs it in the app
+    t = FakeTransport()
+    conn = Connection(chat, device("bob"), t)
+    try:
+        await conn.open()
+        await conn.receive('{"type":"hello","cursor":0}')
+        await frames(t, 2)  # welcome, caught_up
+        for i in range(2):  # the worker idles between bursts, then flushes the next one
+            await chat.messaging.send("alice", "a", SendRequest(f"c{i}", "bob", f"m{i}"))
+            [frame] = await frames(t, 1)
+            await conn.receive(f'{{"type":"ack","seq":{frame["seq"]}}}')
+            for _ in range(50):
+                if await chat.cursors.get("bob", "bob-dev") == frame["seq"]:
+                    break
+                await asyncio.sleep(0)
+            assert await chat.cursors.get("bob", "bob-dev") == frame["seq"]
+        assert not flusher.done()
+    finally:
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        await conn.aclose()
