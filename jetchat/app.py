@@ -37,7 +37,7 @@ from core.receipts import Receipts
 from frontends.http.routes import exception_handlers, route_handlers
 from frontends.longpoll.routes import poll
 from frontends.ws.handler import WebSocketProtocol, WsSettings, protocol_class
-from jetchat.settings import Settings
+from jetchat.settings import FRONTENDS, Settings
 from jetstream import streams
 from jetstream.archiver import Archiver
 from jetstream.group_log import JetStreamGroupLog
@@ -236,7 +236,7 @@ def prometheus_metrics() -> Response[bytes]:
 
 def frontends(settings: Settings) -> set[str]:
     chosen = {f.strip() for f in settings.frontends.split(",") if f.strip()}
-    unknown = chosen - {"ws", "longpoll", "http"}
+    unknown = chosen - set(FRONTENDS)
     if unknown:
         raise SystemExit(f"bad configuration: JETCHAT_FRONTENDS has unknown {sorted(unknown)}")
     return chosen
