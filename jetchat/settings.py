@@ -393,8 +393,8 @@ def described() -> list[Described]:
 def help_text(width: int = 79) -> str:
     """The settings as ``jetchat serve --help`` lists them."""
     lines = [
-        "settings (environment variables, all optional; `jetchat config` prints the values",
-        "in effect; shown with their defaults):",
+        "settings: environment variables, all optional, shown with their defaults",
+        "(`jetchat config` prints the values in effect):",
     ]
     for d in described():
         lines.append(f"  {d.variable}={d.default}")
