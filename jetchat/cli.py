@@ -298,15 +298,25 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.log_json)
     for warning in unknown_variables():
         log.warning(warning)
-    if args.command == "serve":
+    try:
+        run(args.command, settings)
+    except KeyboardInterrupt:
+        # Ctrl-C before uvicorn took the signals over (while NATS and Postgres start, say):
+        # what had started was stopped on the way here.
+        print("jetchat: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def run(command: str, settings: Settings) -> None:
+    if command == "serve":
         serve(settings)
-    elif args.command == "archiver":
+    elif command == "archiver":
         _need_servers(settings, "archiver", "nats_url", "postgres_dsn")
         asyncio.run(_run_archiver(settings))
-    elif args.command == "archiver-lag":
+    elif command == "archiver-lag":
         _need_servers(settings, "archiver-lag", "nats_url")
         asyncio.run(_archiver_lag(settings))
-    elif args.command == "config":
+    elif command == "config":
         print(msgspec.json.format(msgspec.json.encode(settings.public()).decode()))
 
 

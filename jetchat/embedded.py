@@ -345,7 +345,8 @@ def _wheel_logs_to(path: Path) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         handler.close()
-        logger.propagate, logger.level = saved
+        logger.propagate = saved[0]
+        logger.setLevel(saved[1])  # not the attribute: setLevel clears the loggers' cache
 
 
 class EmbeddedPostgres:

@@ -189,3 +189,25 @@ def test_embedded_start_is_quiet_and_ends_with_one_line(tmp_path: Path) -> None:
         assert len(json_events) <= 8, text
         assert processes_using(data / "nats") == []
         assert processes_using(data / "postgres") == []
+
+
+def test_ctrl_c_while_the_servers_start_stops_them_without_a_traceback(tmp_path: Path) -> None:
+    with scratch_dir(tmp_path) as scratch:
+        data = scratch / "data"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jetchat.cli", "serve"],
+            env=clean_env(JETCHAT_PORT="0", JETCHAT_DATA_DIR=str(data)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a group of its own, for the terminal's Ctrl-C below
+        )
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert "embedded nats-server started" in first  # Postgres is next: initdb, 1 s or more
+        os.killpg(proc.pid, signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(30) == 130
+        assert rest == "jetchat: interrupted\n"
+        assert processes_using(data) == []
