@@ -40,7 +40,7 @@ from frontends.http.routes import route_handlers
 from frontends.longpoll.routes import poll
 from frontends.ws.handler import WebSocketProtocol, WsSettings, protocol_class
 from frontends.ws.routes import upgrade_required
-from jetchat.settings import Settings
+from jetchat.settings import FRONTENDS, Settings
 from jetstream import natspy, streams
 from jetstream.archiver import archiver, report_lag
 from jetstream.group_log import JetStreamGroupLog
@@ -248,7 +248,7 @@ def prometheus_metrics() -> Response[bytes]:
 
 def frontends(settings: Settings) -> set[str]:
     chosen = {f.strip() for f in settings.frontends.split(",") if f.strip()}
-    unknown = chosen - {"ws", "longpoll", "http"}
+    unknown = chosen - set(FRONTENDS)
     if unknown:
         raise SystemExit(f"bad configuration: JETCHAT_FRONTENDS has unknown {sorted(unknown)}")
     return chosen

