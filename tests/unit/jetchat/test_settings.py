@@ -3,6 +3,8 @@ the settings reference made from the field descriptions."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from jetchat.settings import (
@@ -129,3 +131,9 @@ def test_the_markdown_table_has_a_row_per_setting() -> None:
     assert len(rows) == 2 + len(Settings.__struct_fields__)
     assert "| `JETCHAT_NATS_URL` | empty | NATS server(s), comma-separated; " in rows[5]
     assert all(row.count(" | ") == 2 for row in rows[2:])
+
+
+def test_the_readme_table_is_the_settings_table() -> None:
+    """README.md's configuration table is ``jetchat config --markdown``: they cannot disagree."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    assert markdown_table().strip() in readme
