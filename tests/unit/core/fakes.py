@@ -10,6 +10,7 @@ import msgspec
 
 from core.accounts import Accounts
 from core.chat import Chat, Limits
+from core.close import CloseCode
 from core.events import Events
 from core.groups import Groups
 from core.history import History
@@ -283,16 +284,16 @@ class NoRevocations:
 class FakeTransport:
     def __init__(self) -> None:
         self.frames: asyncio.Queue[str] = asyncio.Queue()
-        self.closed: tuple[int, str] | None = None
+        self.closed: tuple[CloseCode, str] | None = None
 
     async def send(self, frame: str) -> None:
         await self.frames.put(frame)
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: CloseCode, reason: str) -> None:
         self.closed = (code, reason)
 
     def abort(self) -> None:
-        self.closed = (1006, "aborted")
+        self.closed = (CloseCode.ABNORMAL, "aborted")
 
 
 def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAccounts]:
