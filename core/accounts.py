@@ -8,7 +8,8 @@ import argon2
 import msgspec
 
 from core.errors import ChatError, ErrorCode
-from core.ids import USER_ID_RE, new_device_id, new_token, token_hash
+from core.identifiers import USER_ID_RE
+from core.ids import new_device_id, new_token, token_hash
 from core.model import Device, User
 from core.ports import AccountStore, Clock, RevocationBus
 

@@ -17,6 +17,7 @@ import msgspec
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from core import metrics
+from core.identifiers import names_group
 from core.model import ChatMessage
 from core.ports import HistoryStore, InboxCopy
 
@@ -30,7 +31,7 @@ def to_archive(copy: InboxCopy) -> ChatMessage | None:
     message the recipient's copy is kept, of a group entry the sender's (every member has
     one; the sender always does)."""
     message = _decode(copy.data)
-    keep = message.sender if message.conv.startswith("group.") else message.to
+    keep = message.sender if names_group(message.conv) else message.to
     return message if copy.user == keep else None
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from core.accounts import Accounts
+from core.close import CloseCode
 from core.events import Events
 from core.groups import Groups
 from core.history import History
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
     from core.connection import Connection
 
 log = logging.getLogger(__name__)
-
-CLOSE_GOING_AWAY = 1001  # server shutting down: reconnect, possibly to another process
-CLOSE_REVOKED = 4001  # the device was logged out or revoked: log in again
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -172,7 +170,7 @@ class Chat:
     def device_revoked(self, device_id: str) -> None:
         """Close this process's connections of a revoked device (called by the revocation bus)."""
         for conn in list(self._of_device(device_id)):
-            conn.close_soon(CLOSE_REVOKED, "device logged out or revoked")
+            conn.close_soon(CloseCode.REVOKED, "device logged out or revoked")
 
     async def revoke(self, user: str, device: str) -> None:
         """Log a device out: its token stops working everywhere, its open connections close,
@@ -183,6 +181,6 @@ class Chat:
     async def drain(self) -> None:
         """Close every connection of this process so the clients reconnect elsewhere."""
         await asyncio.gather(
-            *(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in self.connections),
+            *(c.close(CloseCode.GOING_AWAY, "server shutting down") for c in self.connections),
             return_exceptions=True,
         )  # each connection stores its position as it closes

@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine
 
 from core import metrics
 from core.chat import Chat
+from core.close import CloseCode
 from core.errors import ChatError, ErrorCode
 from core.feed import InboxFeed
 from core.messaging import SendRequest
@@ -58,7 +59,6 @@ from core.receipts import Head, decode_head, delivered_marks
 
 log = logging.getLogger(__name__)
 
-CLOSE_SLOW_CONSUMER = 4008  # the client did not read its frames in time: reconnect with cursor
 SEND_BATCH = 64  # sends taken from the queue per write to JetStream
 
 _MAX_READ_BACKOFF_S = 0.5
@@ -252,7 +252,7 @@ class Connection:
                 self._reads = set()
             self._reads.add(self._spawn(self._answer_read(frame)))
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: CloseCode, reason: str) -> None:
         """Close from the server side (shutdown, slow consumer)."""
         if not self._closed:
             self._closed = True
@@ -264,7 +264,7 @@ class Connection:
             except Exception:  # noqa: S110 - already gone: nothing left to close
                 pass
 
-    def close_soon(self, code: int, reason: str) -> None:
+    def close_soon(self, code: CloseCode, reason: str) -> None:
         """:meth:`close` from synchronous code (a NATS callback)."""
         self._closer = asyncio.ensure_future(self.close(code, reason))
 
@@ -289,7 +289,7 @@ class Connection:
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
         # Tasks of one connection, not supervised: they end with it, and a failure closes it
-        # (1011) so that the client reconnects and resumes from its cursor.
+        # (CloseCode.INTERNAL_ERROR) so that the client reconnects and resumes from its cursor.
         task = asyncio.ensure_future(coro)
         task.add_done_callback(self._task_done)
         return task
@@ -301,7 +301,7 @@ class Connection:
                 self._reads = None
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("connection task failed", exc_info=exc)
-            self.close_soon(1011, "internal error")
+            self.close_soon(CloseCode.INTERNAL_ERROR, "internal error")
 
     def _start_writer(self) -> None:
         if self._writer is None and not self._closed:
@@ -319,7 +319,7 @@ class Connection:
                     log.info("slow consumer closed", extra={"device": self.device.id})
                     metrics.SLOW_CONSUMERS.inc()
                     await self.close(
-                        CLOSE_SLOW_CONSUMER, "slow consumer: reconnect with your cursor"
+                        CloseCode.SLOW_CONSUMER, "slow consumer: reconnect with your cursor"
                     )
                     return
         finally:

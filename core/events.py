@@ -10,7 +10,7 @@ import msgspec
 
 from core import metrics
 from core.errors import ChatError, ErrorCode
-from core.model import conversation_members
+from core.identifiers import conversation_members, group_id_of, names_dm, names_group
 from core.ports import Clock, GroupStore, InboxLog
 from core.protocol import TypingEvent
 
@@ -64,14 +64,14 @@ class Events:
 
     async def members(self, user: str, conv: str) -> list[str]:
         """The conversation's members now, if ``user`` is one (else ChatError FORBIDDEN)."""
-        if conv.startswith("dm."):
+        if names_dm(conv):
             members = list(conversation_members(conv))
-        elif conv.startswith("group."):
+        elif names_group(conv):
             cached = self._members.get(conv)
             if cached is None or cached[0] < time.monotonic():
                 if len(self._members) >= _MEMBERS_CACHE_GROUPS:
                     self._members.clear()
-                found = await self._groups.members(conv.removeprefix("group."))
+                found = await self._groups.members(group_id_of(conv))
                 cached = (time.monotonic() + _MEMBERS_CACHE_S, [m.user_id for m in found])
                 self._members[conv] = cached
             members = cached[1]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 from core.errors import ChatError, ErrorCode
+from core.identifiers import group_id_of, is_dm_conversation, is_group_conversation, is_message_id
 from core.model import (
     ChatMessage,
     ConversationSummary,
@@ -18,9 +17,6 @@ MAX_PAGE = 100
 100,000 characters already make 40 MB; clients page on."""
 MAX_CONVERSATIONS = 500
 
-_ID_RE = re.compile(r"^[0-9a-f]{24}$")
-_CONV_RE = re.compile(r"^dm\.[a-z0-9_]{3,32}\.[a-z0-9_]{3,32}$")
-_GROUP_RE = re.compile(r"^group\.[0-9a-f]{16}$")
 
 FIRST_ID = "0" * 24
 """Sorts before every message id: ``after=FIRST_ID`` pages from the very beginning."""
@@ -53,7 +49,7 @@ class History:
         if len(anchors) > 1:
             raise ChatError(ErrorCode.INVALID_ARGUMENT, "give at most one of before, after, around")
         for anchor in anchors:
-            if not _ID_RE.fullmatch(anchor):
+            if not is_message_id(anchor):
                 raise ChatError(ErrorCode.INVALID_ARGUMENT, f"not a message id: {anchor!r}")
         if limit < 1:
             raise ChatError(ErrorCode.INVALID_ARGUMENT, "limit must be at least 1")
@@ -109,13 +105,13 @@ class History:
 
     async def _readable(self, user: str, conv: str) -> list[Range] | None:
         """The ranges of a group's timeline the user may read (None: a 1:1, all of it)."""
-        if _CONV_RE.fullmatch(conv):
+        if is_dm_conversation(conv):
             if user not in conversation_members(conv):
                 raise ChatError(ErrorCode.FORBIDDEN, "you are not a member of this conversation")
             return None
-        if not _GROUP_RE.fullmatch(conv):
+        if not is_group_conversation(conv):
             raise ChatError(ErrorCode.NOT_FOUND, f"no conversation {conv!r}")
-        periods = await self._groups.periods(conv.removeprefix("group."), user)
+        periods = await self._groups.periods(group_id_of(conv), user)
         if not periods:
             raise ChatError(ErrorCode.FORBIDDEN, "you are not a member of this group")
         return [(p.joined_id, p.left_id) for p in periods]

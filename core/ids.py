@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 import threading
 
 from core.ports import Clock
-
-# A user id is a handle: it appears verbatim in NATS subjects and KV keys, so it is restricted to
-# characters that are valid (and readable) there.
-USER_ID_RE = re.compile(r"^[a-z0-9_]{3,32}$")
 
 
 class MessageIds:

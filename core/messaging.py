@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -13,15 +12,14 @@ import msgspec
 from core import metrics
 from core.accounts import Accounts
 from core.errors import ChatError, ErrorCode
-from core.ids import USER_ID_RE, MessageIds
+from core.identifiers import MAX_CLIENT_ID_CHARS, USER_ID_RE, group_id_of, is_group_conversation
+from core.ids import MessageIds
 from core.model import ChatMessage, SendRecord, Sent, dm_conversation
 from core.ports import GroupLog, GroupStore, InboxLog, SendLedger
 
 log = logging.getLogger(__name__)
 
-MAX_CLIENT_ID_CHARS = 64
 _PLACE_ATTEMPTS = 20  # writers of one group racing from several processes
-GROUP_CONV_RE = re.compile(r"^group\.[0-9a-f]{16}$")
 
 _encoder = msgspec.json.Encoder()
 _decode_message = msgspec.json.Decoder(ChatMessage).decode
@@ -173,7 +171,7 @@ class Messaging:
     ) -> Sent | ChatError:
         """Take the message's place in the group's timeline, then copy it to every member's
         inbox, all under the group's shared lock (core.ports.GroupStore)."""
-        conv, group_id = req.to, req.to.removeprefix("group.")
+        conv, group_id = req.to, group_id_of(req.to)
         try:
             async with self._group_locks.setdefault(group_id, asyncio.Lock()):
                 async with self._groups.sending(group_id) as members:
@@ -275,7 +273,7 @@ class Messaging:
 
 
 def is_group(to: str) -> bool:
-    return GROUP_CONV_RE.fullmatch(to) is not None
+    return is_group_conversation(to)
 
 
 def _conversation(sender: str, to: str) -> str:

@@ -6,6 +6,11 @@ from collections.abc import Sequence
 
 import msgspec
 
+# re-exported: the conversation ids' helpers used to live here
+from core.identifiers import conversation_members as conversation_members
+from core.identifiers import dm_conversation as dm_conversation
+from core.identifiers import group_conversation as group_conversation
+
 
 class User(msgspec.Struct, frozen=True):
     """An account. ``id`` is the handle chosen at sign-up: lowercase, immutable, and used as is
@@ -107,20 +112,6 @@ class ReceiptState(msgspec.Struct, frozen=True):
     read: str = ""
 
 
-def conversation_members(conv: str) -> tuple[str, ...]:
-    """The members of a 1:1 conversation, from its id ``dm.<a>.<b>``; () for a group, whose
-    members change over time and live in the group store."""
-    kind, _, rest = conv.partition(".")
-    if kind != "dm":
-        return ()
-    a, _, b = rest.partition(".")
-    return (a, b) if a != b else (a,)
-
-
-def group_conversation(group_id: str) -> str:
-    return f"group.{group_id}"
-
-
 class Group(msgspec.Struct, frozen=True):
     id: str
     name: str
@@ -166,9 +157,3 @@ class Sent(msgspec.Struct, frozen=True):
     id: str
     conv: str
     ts: int
-
-
-def dm_conversation(a: str, b: str) -> str:
-    """The id of the 1:1 conversation between two users, the same from both sides."""
-    lo, hi = sorted((a, b))
-    return f"dm.{lo}.{hi}"

@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
+from core.close import CloseCode
 from core.model import (
     ChatMessage,
     ConversationSummary,
@@ -369,7 +370,7 @@ class Transport(Protocol):
         """Send one text frame; may wait while the peer is slow to read."""
         ...
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: CloseCode, reason: str) -> None:
         """Close the connection with a WebSocket close code (4000-4999 are ours). May wait
         while the peer does not read (the close frame queues behind unread frames)."""
         ...

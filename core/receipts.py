@@ -7,7 +7,6 @@ state when it asks."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import msgspec
@@ -15,11 +14,10 @@ import msgspec
 from core.errors import ChatError, ErrorCode
 from core.events import Events
 from core.history import FIRST_ID, MAX_PAGE, History
+from core.identifiers import is_message_id
 from core.model import ConversationSummary, ReceiptState
 from core.ports import InboxLog, ReceiptStore
 from core.protocol import ReceiptEvent
-
-_ID_RE = re.compile(r"^[0-9a-f]{24}$")
 
 
 class Head(msgspec.Struct, frozen=True, gc=False):
@@ -64,7 +62,7 @@ class Receipts:
 
     async def read(self, user: str, conv: str, up_to: str) -> ReceiptState:
         """Mark ``conv`` read up to ``up_to`` (which also means delivered)."""
-        if not _ID_RE.fullmatch(up_to):
+        if not is_message_id(up_to):
             raise ChatError(ErrorCode.INVALID_ARGUMENT, f"not a message id: {up_to!r}")
         members = await self._events.members(user, conv)
         state = await self._store.advance(conv, user, up_to, up_to)

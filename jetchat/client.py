@@ -25,6 +25,7 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from core.close import CloseCode
 from core.history import FIRST_ID, MAX_PAGE
 from core.model import ChatMessage, ReceiptState, Sent
 from core.protocol import (
@@ -50,6 +51,15 @@ log = logging.getLogger(__name__)
 
 HISTORY_OVERLAP_MS = 60_000
 """How far before the newest message it has a client refetches history after a resync."""
+
+
+def _close_code(code: int | None) -> int | None:
+    """A received close code as a :class:`CloseCode` when it is one of the server's, so that
+    logs and comparisons name it; any other code as it is."""
+    try:
+        return CloseCode(code) if code is not None else None
+    except ValueError:
+        return code
 
 
 class Login(msgspec.Struct, frozen=True):
@@ -168,6 +178,9 @@ class ChatClient:
         self.resync_needed: ResyncNeeded | None = None
         self.errors: list[ErrorFrame] = []
         self.close_codes: list[int | None] = []
+        """Why each connection ended: a WebSocket close code (a :class:`CloseCode` when it is
+        one the server sends; None if the socket dropped without one), or the HTTP status
+        of a refused upgrade or poll."""
         self.conversations: dict[str, list[ChatMessage]] = {}
         self._inbox: asyncio.Queue[Delivery] = asyncio.Queue()
         self._seen: set[str] = set()
@@ -438,7 +451,7 @@ class ChatClient:
                     self._ws_worked = True
                     backoff = 0.05
                     await self._session(ws)
-                self.close_codes.append(ws.close_code)
+                self.close_codes.append(_close_code(ws.close_code))
             except Exception as exc:
                 log.warning("connection failed: %r", exc)
                 if self.transport == "auto" and self._ws is None and not self._ws_worked:
@@ -446,7 +459,7 @@ class ChatClient:
                     self.mode = "longpoll"
                     continue
                 if isinstance(exc, websockets.ConnectionClosed):
-                    self.close_codes.append(exc.rcvd.code if exc.rcvd else None)
+                    self.close_codes.append(_close_code(exc.rcvd.code) if exc.rcvd else None)
                 if isinstance(exc, websockets.InvalidStatus) and not self.connected.is_set():
                     self.connected.set()  # wake connect(); the failure is in close_codes
                     self.close_codes.append(exc.response.status_code)

@@ -33,6 +33,7 @@ from websockets.protocol import State as WsState
 from websockets.server import ServerProtocol
 
 from core.chat import Chat
+from core.close import CloseCode
 from core.connection import Connection
 from core.errors import ChatError, ErrorCode
 from core.supervisor import Supervisor
@@ -42,7 +43,6 @@ from frontends.errors import error_body
 log = logging.getLogger(__name__)
 
 PATH = "/v1/ws"
-CLOSE_SERVICE_RESTART = 1012  # uvicorn is shutting this process down: reconnect anywhere
 CLOSE_TIMEOUT_S = 10.0
 """After our close frame, how long the client has to answer before the socket is dropped."""
 _MAX_QUEUED_FRAMES = 16
@@ -230,7 +230,7 @@ class WebSocketProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: clients reconnect, to another process if need be."""
         if self._conn is not None and self._phase in (_OPENING, _OPEN):
-            self._conn.close_soon(CLOSE_SERVICE_RESTART, "server restarting")
+            self._conn.close_soon(CloseCode.SERVICE_RESTART, "server restarting")
         elif self._transport is not None:
             self._transport.close()
 
@@ -243,7 +243,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self._flush()
         # else: the socket is closing or gone; the client catches up from its cursor
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: CloseCode, reason: str) -> None:
         await self._writable()
         if self._phase == _LOST or self._ws.state is not WsState.OPEN:
             return
@@ -320,7 +320,7 @@ class WebSocketProtocol(asyncio.Protocol):
             await conn.open()
         except Exception:
             log.exception("opening a connection failed")
-            conn.close_soon(1011, "internal error")
+            conn.close_soon(CloseCode.INTERNAL_ERROR, "internal error")
             self._task = None
             return
         self._phase = _OPEN
@@ -389,7 +389,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 await conn.receive(message)
         except Exception:
             log.exception("handling a frame failed")
-            conn.close_soon(1011, "internal error")
+            conn.close_soon(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._task = None
 
@@ -407,7 +407,7 @@ class WebSocketProtocol(asyncio.Protocol):
             if now - self._ping_at >= timeout:
                 self._ping_payload = None
                 if self._ws.state is WsState.OPEN:
-                    self._ws.fail(1011, "keepalive ping timeout")
+                    self._ws.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
                     self._flush()
                 if self._transport is not None:
                     self._transport.close()

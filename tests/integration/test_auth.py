@@ -10,6 +10,7 @@ import pytest
 import websockets
 from helpers import PASSWORD, device, new_user
 
+from core.close import CloseCode
 from jetchat.client import ApiError, ChatClient, log_in, sign_up
 
 
@@ -131,7 +132,7 @@ async def test_revoking_a_device_closes_its_open_websocket_on_any_process(spawn)
     async with asyncio.timeout(5):
         while not c.close_codes:
             await asyncio.sleep(0.02)
-    assert c.close_codes == [4001]
+    assert c.close_codes == [CloseCode.REVOKED]
     await c.close()
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from cassandra.cluster import Session
+from helpers import CONV, T0, msg
 from servers import process_alive
-from test_history_contract import CONV, T0, msg
 
 from core.model import dm_conversation
 from jetchat.cassandra_node import CassandraNode, stop_pidfile

@@ -9,6 +9,7 @@ import pytest
 import websockets
 from helpers import device, new_user
 
+from core.close import CloseCode
 from jetchat.client import ChatClient
 
 
@@ -36,7 +37,7 @@ async def test_a_client_that_stops_reading_is_closed_as_slow_consumer(spawn):
                 while True:
                     await ws.recv()
         assert info.value.rcvd is not None
-        assert info.value.rcvd.code == 4008
+        assert info.value.rcvd.code == CloseCode.SLOW_CONSUMER
         # reconnecting with the cursor still gets everything
         async with ChatClient(url, bob_token, cursor=0) as b:
             got = [(await b.next_message(timeout=20)).message.text.split()[0] for _ in range(400)]
@@ -89,7 +90,7 @@ async def test_sigterm_drains_connections_and_exits_cleanly(spawn):
     async with asyncio.timeout(5):
         while not c.close_codes:
             await asyncio.sleep(0.02)
-    assert c.close_codes[0] in (1001, 1012)  # going away / service restart: reconnect
+    assert c.close_codes[0] in (CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART)
     await c.close()
 
 

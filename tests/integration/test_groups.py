@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import msgspec
 import nats
 import pytest
-from helpers import bulk_users, device, new_user
+from helpers import api, bulk_users, device, new_user
 
 from jetchat.client import ApiError, ChatClient
-
-
-async def api(url: str, token: str, method: str, path: str, json: object = None) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-        return await http.request(
-            method, path, json=json, headers={"authorization": f"Bearer {token}"}
-        )
 
 
 async def group_log(nats_url: str, conv: str) -> list[dict]:

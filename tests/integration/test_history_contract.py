@@ -7,6 +7,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from helpers import CONV, T0, msg
 
 from core.errors import ChatError
 from core.history import FIRST_ID, MAX_PAGE, History
@@ -16,7 +17,6 @@ from storage.postgres import open_pool
 from storage.postgres_history import PostgresHistoryStore
 
 BUCKET_MS = 1000  # tiny time buckets, so a few seconds of messages cross many partitions
-T0 = 1_790_000_000_000
 
 MakeStore = Callable[[int], Awaitable[HistoryStore]]
 
@@ -54,23 +54,6 @@ async def make_store(backend: tuple[str, object]) -> AsyncIterator[MakeStore]:
 @pytest.fixture
 async def store(make_store: MakeStore) -> HistoryStore:
     return await make_store(BUCKET_MS)
-
-
-def msg(conv: str, ts: int, n: int = 0, text: str = "") -> ChatMessage:
-    sender, to = conv.split(".")[1:3]
-    return ChatMessage(
-        id=f"{ts:012x}{n:04x}{0xABCDEF01:08x}",
-        conv=conv,
-        sender=sender,
-        sender_device="dev",
-        to=to,
-        text=text or f"at {ts} #{n}",
-        ts=ts,
-        client_id=f"c{ts}-{n}",
-    )
-
-
-CONV = dm_conversation("alice", "bob")
 
 
 async def test_empty_conversation(store: HistoryStore):

@@ -9,9 +9,8 @@ import httpx
 import msgspec
 import pytest
 import websockets
-from helpers import bulk_users, device, new_user
+from helpers import api, bulk_users, device, new_user
 from proxy import TinyProxy
-from test_groups import api
 
 from core.protocol import PresenceEvent
 from jetchat.client import ChatClient

@@ -9,6 +9,7 @@ import pytest
 import websockets
 from helpers import device, inbox_count, new_user
 
+from core.close import CloseCode
 from jetchat.client import ApiError, ChatClient, send_http
 
 
@@ -97,4 +98,4 @@ async def test_a_frame_over_the_size_cap_closes_with_1009(server):
         await ws.send("x" * (4 * 100_000 + 8192))
         with pytest.raises(websockets.ConnectionClosed) as info:
             await asyncio.wait_for(ws.recv(), 5)
-        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+        assert info.value.rcvd is not None and info.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import bulk_users
-from test_groups import api
+from helpers import api, bulk_users
 
 from core.model import dm_conversation
 from core.protocol import TypingEvent

@@ -4,19 +4,31 @@ against its real server)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import msgspec
 
 from core.accounts import Accounts
 from core.chat import Chat, Limits
+from core.close import CloseCode
 from core.events import Events
 from core.groups import Groups
 from core.history import History
 from core.ids import MessageIds
 from core.messaging import Messaging
-from core.model import ChatMessage, ConversationSummary, Device, ReceiptState, SendRecord, User
-from core.ports import InboxEntry, InboxPage
+from core.model import (
+    ChatMessage,
+    ConversationSummary,
+    Device,
+    Group,
+    Member,
+    MembershipPeriod,
+    ReceiptState,
+    SendRecord,
+    User,
+)
+from core.ports import Clock, GroupChange, InboxEntry, InboxPage
 from core.presence import Presence
 from core.receipts import Receipts
 
@@ -61,11 +73,17 @@ class MemoryAccounts:
 
 
 class MemoryInbox:
-    """One stream: a global sequence, a subject per user, duplicate keys remembered forever."""
+    """One stream: a global sequence, a subject per user, and JetStream's de-duplication: a
+    copy whose key was stored less than ``duplicate_window_s`` ago (by ``clock``) is dropped,
+    as the stream's ``duplicate_window`` drops a repeated ``Nats-Msg-Id``; a later one is
+    stored again. A dropped copy does not restart the window (nor does it in JetStream)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock, duplicate_window_s: float = 120.0) -> None:
         self.entries: list[tuple[int, str, bytes]] = []
-        self.keys: set[str] = set()
+        self.clock = clock
+        self.duplicate_window_ms = int(duplicate_window_s * 1000)
+        self.keys: dict[str, int] = {}
+        """De-duplication key -> when (ms) the copy carrying it was stored."""
         self.watchers: dict[str, list[Callable[[InboxEntry], None]]] = {}
         self.fail_next_append = False
 
@@ -73,10 +91,12 @@ class MemoryInbox:
         if self.fail_next_append:
             self.fail_next_append = False
             raise TimeoutError("jetstream down")
+        now = self.clock.now_ms()
         for user, key, data in copies:
-            if key in self.keys:
+            stored_at = self.keys.get(key)
+            if stored_at is not None and now - stored_at < self.duplicate_window_ms:
                 continue
-            self.keys.add(key)
+            self.keys[key] = now
             prev = max((s for s, u, _ in self.entries if u == user), default=0)
             seq = len(self.entries) + 1
             self.entries.append((seq, user, data))
@@ -176,17 +196,43 @@ class MemoryHistory:
 
 
 class NoGroups:
-    """Groups are tested against Postgres and NATS (tests/integration/test_groups.py)."""
+    """No group exists (groups are tested against Postgres and NATS, in
+    tests/integration/test_groups.py); creating one is a test's mistake."""
 
-    async def groups_of(self, user_id: str) -> list[object]:
+    async def create(self, group: Group, members: list[Member]) -> None:
+        raise AssertionError("groups are not faked")
+
+    async def get(self, group_id: str) -> Group | None:
+        return None
+
+    async def members(self, group_id: str) -> list[Member]:
         return []
 
-    async def periods(self, group_id: str, user_id: str) -> list[object]:
+    async def groups_of(self, user_id: str) -> list[Group]:
         return []
+
+    async def periods(self, group_id: str, user_id: str) -> list[MembershipPeriod]:
+        return []
+
+    @contextlib.asynccontextmanager
+    async def sending(self, group_id: str) -> AsyncIterator[list[Member] | None]:
+        yield None
+
+    @contextlib.asynccontextmanager
+    async def changing(self, group_id: str) -> AsyncIterator[GroupChange | None]:
+        yield None
 
 
 class NoGroupLog:
-    pass
+    """Every timeline is empty; with :class:`NoGroups` nothing ever writes to one."""
+
+    async def last(self, group_id: str) -> tuple[int, str]:
+        return (0, "")
+
+    async def append(
+        self, group_id: str, data: bytes, expected_seq: int, dedupe_key: str
+    ) -> tuple[int, bytes] | None:
+        raise AssertionError("groups are not faked")
 
 
 class MemoryReceipts:
@@ -211,12 +257,25 @@ class MemoryReceipts:
 
 
 class NoPresence:
-    """Presence is tested against NATS (tests/integration/test_presence.py)."""
+    """Heartbeats go nowhere and nobody is ever online (presence transitions are tested with
+    :class:`MemoryPresence`, and against NATS in tests/integration/test_presence.py)."""
 
     async def beat(self, user: str, device: str, now_ms: int) -> None:
         pass
 
     async def gone(self, user: str, device: str) -> None:
+        pass
+
+    async def run(
+        self, on_change: Callable[[str, str, int | None], None], on_ready: Callable[[], None]
+    ) -> None:
+        on_ready()
+        await asyncio.Future()  # until cancelled
+
+    async def last_seen(self, users: list[str]) -> dict[str, int]:
+        return {}
+
+    async def set_last_seen(self, user: str, ms: int) -> None:
         pass
 
 
@@ -265,11 +324,25 @@ class MemoryPresence:
 
 
 class NoSocial:
+    """Nobody has contacts and nobody hides (contacts are tested against Postgres)."""
+
+    async def contacts(self, user_id: str) -> list[str]:
+        return []
+
+    async def add_contact(self, user_id: str, contact_id: str) -> None:
+        raise AssertionError("contacts are not faked")
+
+    async def remove_contact(self, user_id: str, contact_id: str) -> None:
+        raise AssertionError("contacts are not faked")
+
     async def visible(self, user_id: str) -> set[str]:
         return set()
 
     async def hidden(self, user_ids: list[str]) -> set[str]:
         return set()
+
+    async def set_hidden(self, user_id: str, hidden: bool) -> None:
+        raise AssertionError("contacts are not faked")
 
 
 class NoRevocations:
@@ -283,21 +356,21 @@ class NoRevocations:
 class FakeTransport:
     def __init__(self) -> None:
         self.frames: asyncio.Queue[str] = asyncio.Queue()
-        self.closed: tuple[int, str] | None = None
+        self.closed: tuple[CloseCode, str] | None = None
 
     async def send(self, frame: str) -> None:
         await self.frames.put(frame)
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: CloseCode, reason: str) -> None:
         self.closed = (code, reason)
 
     def abort(self) -> None:
-        self.closed = (1006, "aborted")
+        self.closed = (CloseCode.ABNORMAL, "aborted")
 
 
 def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAccounts]:
     clock = FakeClock()
-    accounts_store, inbox = MemoryAccounts(), MemoryInbox()
+    accounts_store, inbox = MemoryAccounts(), MemoryInbox(clock)
     accounts = Accounts(accounts_store, clock, 3600, NoRevocations())
     groups = NoGroups()
     messaging = Messaging(
@@ -316,7 +389,7 @@ def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAc
         events,
         clock,
         Receipts(MemoryReceipts(), events, inbox, history),
-        Presence(NoPresence(), NoSocial(), clock),  # type: ignore[arg-type]
-        NoSocial(),  # type: ignore[arg-type]
+        Presence(NoPresence(), NoSocial(), clock),
+        NoSocial(),
     )
     return chat, inbox, accounts_store

@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+from typing import Any
 
 import msgspec
 from fakes import FakeTransport, make_chat
@@ -16,7 +17,7 @@ def device(user: str) -> Device:
     return Device(f"{user}-dev", user, "phone", b"", 0, 2**62)
 
 
-async def frames(t: FakeTransport, n: int) -> list[dict]:
+async def frames(t: FakeTransport, n: int) -> list[dict[str, Any]]:
     return [msgspec.json.decode(await asyncio.wait_for(t.frames.get(), 2)) for _ in range(n)]
 
 

@@ -3,7 +3,7 @@ from fakes import make_chat
 
 from core.errors import ChatError, ErrorCode
 from core.messaging import SendRequest
-from core.model import User
+from core.model import Sent, User
 
 
 async def users(accounts, *names):
@@ -54,4 +54,6 @@ async def test_one_bad_send_does_not_fail_its_batch():
         "sent",
     ]
     assert inbox.count("bob") == 1 and inbox.count("alice") == 2  # a note to self: one copy
-    assert results[0].id < results[4].id  # ids follow the order of the batch
+    first, last = results[0], results[4]
+    assert isinstance(first, Sent) and isinstance(last, Sent)
+    assert first.id < last.id  # ids follow the order of the batch

@@ -22,7 +22,7 @@ class Watched:
     def __init__(self) -> None:
         self.clock = FakeClock()
         self.store = MemoryPresence()
-        self.presence = Presence(self.store, NoSocial(), self.clock)  # type: ignore[arg-type]
+        self.presence = Presence(self.store, NoSocial(), self.clock)
         self.events: list[PresenceEvent] = []
 
     def told(self) -> list[tuple[bool, int | None]]:

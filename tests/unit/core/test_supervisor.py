@@ -107,8 +107,8 @@ async def test_restarts_on_any_exception_with_exponential_backoff(time_, caplog)
     assert sample("jetchat_worker_restarts_total", "flaky") == 3
     # each failure logged once, with its traceback and the delay
     failures = [r for r in caplog.records if r.getMessage() == "worker failed; restarting"]
-    assert [r.exc_info[1].args[0] for r in failures] == ["one", "two", "three"]  # type: ignore[index]
-    assert [r.restart_in_s for r in failures] == [0.1, 0.2, 0.4]  # type: ignore[attr-defined]
+    assert [r.exc_info[1].args[0] for r in failures] == ["one", "two", "three"]
+    assert [r.restart_in_s for r in failures] == [0.1, 0.2, 0.4]
     await sup.stop()
     assert work.cancelled == 1
     assert sup.status("flaky").state is WorkerState.STOPPED
