@@ -38,7 +38,7 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from jetchat.embedded import ChildServer, EmbeddedServerError, free_port
+from embedded import ChildServer, EmbeddedServerError, free_port
 
 __all__ = [
     "CentrifugoClient",
@@ -136,7 +136,7 @@ class CentrifugoServer(ChildServer):
     ``extra`` is merged over the top level of the generated config (v5 flat keys, v6 nested
     sections). v5 (the newest the Go module proxy here serves) and v6 configs are both written,
     picked by the binary's flags. Stopped by its PID (SIGTERM, then SIGKILL after
-    ``jetchat.embedded.STOP_TIMEOUT``)."""
+    ``embedded.STOP_TIMEOUT``)."""
 
     name = "centrifugo"
 

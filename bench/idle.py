@@ -273,7 +273,7 @@ async def _open_poll(base_url: str, token: str) -> Callable[[], Awaitable[None]]
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from jetchat.seed import bulk_users
+    from devtools.seed import bulk_users
 
     raise_nofile()  # here and in the workers; `jetchat serve` raises its own
     # hold polls for the whole measurement (the production cap is 25 s)

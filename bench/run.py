@@ -32,10 +32,10 @@ import psutil  # type: ignore[import-untyped]
 from nats.js.api import StreamConfig
 
 from bench.load import Peer, Target, Workers, WorkerSpec, split
-from jetchat.client import ChatClient
-from jetchat.embedded import EmbeddedPostgres, NatsServer
-from jetchat.process import JetchatProcess
-from jetchat.seed import bulk_users
+from devtools.jetchat_process import JetchatProcess
+from devtools.seed import bulk_users
+from embedded import EmbeddedPostgres, NatsServer
+from jetchat_client import ChatClient
 
 MESSAGE = "x" * 100  # the text of every benchmark message: a short chat line
 P99_LIMIT_MS = 100.0  # scenario 1: the highest rate whose p99 stays under this
@@ -120,7 +120,7 @@ class Bench:
 
     def start_centrifugo(self) -> None:
         from bench.centrifugo import CentrifugoServer, centrifugo_binary
-        from jetchat.embedded import EmbeddedServerError
+        from embedded import EmbeddedServerError
 
         try:
             centrifugo_binary()
@@ -368,7 +368,7 @@ class Bench:
         """A backlog (the messages of the scenarios before, and more sent now with no archiver
         running) drained by one ``jetchat archiver`` process into a real Cassandra node: rows
         per second. Then, archiver running, 1:1 load at ``rate`` for 10 s: the lag, sampled."""
-        from jetchat.cassandra_node import CassandraNode, jars_present
+        from devtools.cassandra import CassandraNode, jars_present
         from jetstream.archiver import archiver_lag
         from jetstream.streams import JetStreamSettings
 

@@ -86,7 +86,7 @@ def _url(host: str, port: int) -> str:
 @contextlib.contextmanager
 def embedded_servers(settings: Settings) -> Iterator[Settings]:
     """Start what the settings leave unconfigured; stop it (by PID) on the way out."""
-    from jetchat.embedded import EmbeddedPostgres, NatsServer
+    from embedded import EmbeddedPostgres, NatsServer
 
     with contextlib.ExitStack() as stack:
         data = settings.data_path
@@ -152,7 +152,7 @@ class Server(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
-    from jetchat.embedded import EmbeddedServerError
+    from embedded import EmbeddedServerError
 
     began = time.monotonic()
     listeners = listen(settings.host, settings.port)

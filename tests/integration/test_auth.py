@@ -11,7 +11,7 @@ import websockets
 from helpers import PASSWORD, device, new_user
 
 from core.close import CloseCode
-from jetchat.client import ApiError, ChatClient, log_in, sign_up
+from jetchat_client import ApiError, ChatClient, log_in, sign_up
 
 
 def ws_url(base: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.centrifugo import CentrifugoClient, CentrifugoServer, centrifugo_binary, token
-from jetchat.embedded import EmbeddedServerError
+from embedded import EmbeddedServerError
 
 ROOT = Path(__file__).resolve().parents[2]
 

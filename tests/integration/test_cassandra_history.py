@@ -16,7 +16,7 @@ from helpers import CONV, T0, msg
 from servers import process_alive
 
 from core.model import dm_conversation
-from jetchat.cassandra_node import CassandraNode, stop_pidfile
+from devtools.cassandra import CassandraNode, stop_pidfile
 from storage.cassandra_history import (
     BUCKET_SCAN,
     MAX_BATCH_CHARS,

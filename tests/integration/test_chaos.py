@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from helpers import device, new_user
 
-from jetchat.client import ChatClient
+from jetchat_client import ChatClient
 
 pytestmark = pytest.mark.chaos
 

@@ -8,7 +8,7 @@ import msgspec
 import websockets
 from helpers import device, inbox_count, new_user
 
-from jetchat.client import ChatClient, send_http
+from jetchat_client import ChatClient, send_http
 
 
 async def collect(client: ChatClient, n: int, timeout: float = 30) -> list[str]:

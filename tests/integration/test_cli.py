@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 from servers import processes_using, scratch_dir
 
-from jetchat.embedded import free_port
+from embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 INITDB_SAYS = ("The files belonging to this database system", "Success. You can now start")

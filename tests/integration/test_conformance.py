@@ -10,7 +10,7 @@ from helpers import api, bulk_users
 
 from core.model import dm_conversation
 from core.protocol import PresenceEvent, TypingEvent
-from jetchat.client import ApiError, ChatClient
+from jetchat_client import ApiError, ChatClient
 
 PAIRS = [("ws", "ws"), ("longpoll", "ws"), ("longpoll", "longpoll")]
 

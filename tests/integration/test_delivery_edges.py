@@ -10,7 +10,7 @@ import websockets
 from helpers import device, new_user
 
 from core.close import CloseCode
-from jetchat.client import ChatClient
+from jetchat_client import ChatClient
 
 
 async def test_a_client_that_stops_reading_is_closed_as_slow_consumer(spawn):

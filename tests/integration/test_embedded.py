@@ -1,4 +1,4 @@
-"""jetchat.embedded: the servers jetchat starts itself, started and stopped for real."""
+"""embedded: the servers jetchat starts itself, started and stopped for real."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from nats.js.api import StreamConfig
 from servers import process_alive, processes_using, scratch_dir
 
-from jetchat.embedded import EmbeddedPostgres, EmbeddedServerError, NatsServer
+from embedded import EmbeddedPostgres, EmbeddedServerError, NatsServer
 
 
 def http_status(url: str) -> int:

@@ -9,7 +9,7 @@ import nats
 import pytest
 from helpers import api, bulk_users, device, new_user
 
-from jetchat.client import ApiError, ChatClient
+from jetchat_client import ApiError, ChatClient
 
 
 async def group_log(nats_url: str, conv: str) -> list[dict]:

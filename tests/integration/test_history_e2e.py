@@ -17,7 +17,7 @@ import pytest
 from helpers import device, new_user
 
 from core.model import ChatMessage, dm_conversation
-from jetchat.client import ApiError, ChatClient, send_http
+from jetchat_client import ApiError, ChatClient, send_http
 
 
 async def postgres_count(pg_dsn: str) -> int:

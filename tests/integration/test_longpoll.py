@@ -13,7 +13,7 @@ from helpers import api, bulk_users, device, new_user
 from proxy import TinyProxy
 
 from core.protocol import PresenceEvent
-from jetchat.client import ChatClient
+from jetchat_client import ChatClient
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from jetchat.client import sign_up
+from jetchat_client import sign_up
 
 CHECKS = [
     response_schema_conformance,

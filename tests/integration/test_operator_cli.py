@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from helpers import device, new_user
 
-from jetchat.client import send_http
+from jetchat_client import send_http
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 from servers import drop_database
 
 from core.model import Device, User
-from jetchat.embedded import EmbeddedPostgres
+from embedded import EmbeddedPostgres
 from storage.migrate import load_migrations
 from storage.postgres import (
     Pool,

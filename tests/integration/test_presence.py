@@ -8,7 +8,7 @@ import pytest
 from helpers import api, bulk_users
 
 from core.protocol import PresenceEvent, PresenceItem
-from jetchat.client import ChatClient
+from jetchat_client import ChatClient
 
 TTL = 2  # s; production is 60 s with 30 s heartbeats
 

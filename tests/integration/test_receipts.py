@@ -9,7 +9,7 @@ from helpers import api, bulk_users
 
 from core.model import ReceiptState, dm_conversation
 from core.protocol import ReceiptEvent
-from jetchat.client import ChatClient
+from jetchat_client import ChatClient
 
 
 async def receipt_events(client: ChatClient, n: int) -> list[ReceiptEvent]:

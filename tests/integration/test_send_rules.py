@@ -10,7 +10,7 @@ import websockets
 from helpers import device, inbox_count, new_user
 
 from core.close import CloseCode
-from jetchat.client import ApiError, ChatClient, send_http
+from jetchat_client import ApiError, ChatClient, send_http
 
 
 async def test_same_client_id_twice_stores_one_message_and_returns_the_same_id(server, nats_url):

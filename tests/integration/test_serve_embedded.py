@@ -8,8 +8,8 @@ import time
 from helpers import device, new_user
 from servers import processes_using, scratch_dir
 
-from jetchat.client import ChatClient
-from jetchat.process import JetchatProcess
+from devtools.jetchat_process import JetchatProcess
+from jetchat_client import ChatClient
 
 
 async def test_embedded_defaults_chat_then_shut_down_cleanly(tmp_path):

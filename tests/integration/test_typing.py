@@ -9,7 +9,7 @@ from helpers import api, bulk_users
 
 from core.model import dm_conversation
 from core.protocol import TypingEvent
-from jetchat.client import ChatClient
+from jetchat_client import ChatClient
 
 
 async def next_typing(client: ChatClient, timeout: float = 10) -> TypingEvent:

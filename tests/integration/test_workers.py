@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from helpers import device, new_user
 
-from jetchat.client import send_http
-from jetchat.embedded import NatsServer
-from jetchat.process import JetchatProcess
+from devtools.jetchat_process import JetchatProcess
+from embedded import NatsServer
+from jetchat_client import send_http
 
 
 async def archived(pg_dsn: str) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from jetchat.embedded import free_port
+from embedded import free_port
 
 
 class JetchatProcess:
