@@ -11,15 +11,9 @@ from core.model import (
     group_conversation,
 )
 from core.ports import GroupStore, HistoryStore
+from core.protocol import FIRST_ID, MAX_CONVERSATIONS, MAX_PAGE
 
-MAX_PAGE = 100
-"""Messages per history page at most: one page is one response frame, and 100 messages of
-100,000 characters already make 40 MB; clients page on."""
-MAX_CONVERSATIONS = 500
-
-
-FIRST_ID = "0" * 24
-"""Sorts before every message id: ``after=FIRST_ID`` pages from the very beginning."""
+__all__ = ["FIRST_ID", "MAX_CONVERSATIONS", "MAX_PAGE", "History"]
 
 
 Range = tuple[str, str | None]  # ids, both included; None: up to now

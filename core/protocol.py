@@ -14,6 +14,16 @@ from core.errors import ChatError, ErrorCode
 from core.model import ChatMessage, ConversationSummary, ReceiptState
 from core.ports import InboxEntry
 
+MAX_PAGE = 100
+"""Messages per history page at most (the protocol's cap on ``limit``): one page is one
+response frame, and 100 messages of 100,000 characters already make 40 MB; clients page on."""
+MAX_CONVERSATIONS = 500
+
+
+FIRST_ID = "0" * 24
+"""Sorts before every message id: ``after=FIRST_ID`` pages from the very beginning."""
+
+
 PROTOCOL_VERSION = 2
 """The newest protocol version the server speaks (sent in ``welcome``). A client says in
 ``hello`` (or the long poll's ``protocol`` parameter) which version it speaks, 1 if it says

@@ -26,9 +26,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from core.close import CloseCode
-from core.history import FIRST_ID, MAX_PAGE
 from core.model import ChatMessage, ReceiptState, Sent
 from core.protocol import (
+    FIRST_ID,
+    MAX_PAGE,
     PROTOCOL_VERSION,
     CaughtUp,
     Conversations,
