@@ -17,7 +17,6 @@ operators; jetchat only connects to it (``storage.cassandra_history.open_cassand
 from __future__ import annotations
 
 import argparse
-import atexit
 import hashlib
 import os
 import re
@@ -29,10 +28,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
-from embedded.child import EmbeddedServerError, alive, free_port, read_from, wait_gone
+from embedded.child import (
+    ChildServer,
+    EmbeddedServerError,
+    PortTaken,
+    alive,
+    free_port,
+    read_from,
+    wait_gone,
+)
 
 __all__ = [
     "CASSANDRA_VERSION",
@@ -405,7 +411,7 @@ def stop_pidfile(data_dir: Path | str, timeout: float = STOP_TIMEOUT) -> int | N
     return pid
 
 
-class CassandraNode:
+class CassandraNode(ChildServer):
     """One Cassandra node with its data, config and logs in ``data_dir``.
 
     Ports left at 0 are picked free at :meth:`start` (retried if another process takes one
@@ -415,6 +421,8 @@ class CassandraNode:
     CREATE KEYSPACE) get faster, and a crash may lose the schema: for throwaway nodes only.
 
     Starting again on the same ``data_dir`` after :meth:`stop` keeps the data."""
+
+    name = "cassandra"
 
     def __init__(
         self,
@@ -444,14 +452,20 @@ class CassandraNode:
         the node: use it only when starting from a thread that lives as long as the node
         (pytest's main thread, say)."""
         self.data_dir = Path(data_dir).expanduser().resolve()
+        self.log_dir = self.data_dir / "logs"
+        super().__init__(
+            self.log_dir / "stdout.log",
+            start_timeout,
+            stop_at_exit=stop_at_exit,
+            pidfile=self.data_dir / _PIDFILE,
+        )
         self.host = host
         self.version = version or cassandra_version()
         self.lib_dir = _version_dir(self.version, home) / "lib"
         self.conf_dir = self.data_dir / "conf"
-        self.log_dir = self.data_dir / "logs"
         self.log_path = self.log_dir / "system.log"
-        self.stdout_path = self.log_dir / "stdout.log"
-        self.pidfile = self.data_dir / _PIDFILE
+        """Cassandra's own log; what the JVM prints goes to ``stdout_path``."""
+        self.stdout_path = self.output_path
         self._want_native_port = native_port
         self._want_storage_port = storage_port
         self._want_jmx_port = jmx_port
@@ -460,11 +474,9 @@ class CassandraNode:
         self._java = java
         self._heap = (min_heap, max_heap)
         self._unsafe_system = unsafe_system
-        self._start_timeout = start_timeout
-        self._stop_at_exit = stop_at_exit
         self._die_with_parent = die_with_parent
         self._extra_jvm_args = tuple(extra_jvm_args)
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._system_log_start = 0
         self._native_port = 0
         self._storage_port = 0
         self.start_seconds = 0.0
@@ -482,21 +494,8 @@ class CassandraNode:
         return self._storage_port
 
     @property
-    def pid(self) -> int:
-        return self._require_running().pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
     def contact_points(self) -> list[str]:
         return [self.host]
-
-    def _require_running(self) -> subprocess.Popen[bytes]:
-        if self._proc is None:
-            raise EmbeddedServerError("cassandra is not started")
-        return self._proc
 
     # -- configuration ------------------------------------------------------------------
 
@@ -635,86 +634,47 @@ storage_compatibility_mode: NONE
             )
         java = self._java or find_java()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        picked = self._want_native_port == 0 or self._want_storage_port == 0
-        attempts = 3 if picked else 1
-        for attempt in range(attempts):
+        started = time.monotonic()
+
+        def prepare() -> tuple[list[str], str]:
             self._native_port = self._want_native_port or free_port(self.host)
             self._storage_port = self._want_storage_port or free_port(self.host)
             if self._want_jmx_port is not None:
                 self.jmx_port = self._want_jmx_port or free_port(self.host)
             self._write_config()
-            try:
-                self._spawn_and_wait(java)
-                return self
-            except _PortTaken as taken:
-                # Retry with fresh ports only if one we picked was taken meanwhile.
-                fixed = {self._want_native_port, self._want_storage_port} - {0}
-                if attempt == attempts - 1 or taken.port is None or taken.port in fixed:
-                    raise EmbeddedServerError(
-                        f"cassandra could not bind port {taken.port or '?'} on {self.host} "
-                        f"(another process has it); log {self.log_path}:\n"
-                        + _tail(self.log_path, 15)
-                    ) from None
-        raise AssertionError("unreachable")
+            args = self._command(java)
+            (self.conf_dir / "java-command.txt").write_text("\n".join(args) + "\n")
+            self._system_log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            return args, ""
 
-    def _spawn_and_wait(self, java: str) -> None:
-        args = self._command(java)
-        started = time.monotonic()
-        log: IO[bytes]
-        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        command_file = self.conf_dir / "java-command.txt"
-        command_file.write_text("\n".join(args) + "\n")
-        with self.stdout_path.open("ab") as log:
-            out_start = log.tell()
-            log.write(f"--- jetchat: starting java, command in {command_file}\n".encode())
-            log.flush()
-            # Own session: a Ctrl-C meant for the parent does not reach the node.
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                # Fewer glibc malloc arenas (default 8 per core): less RSS for the JVM's
-                # native allocations, as Cassandra's own start script does.
-                env={**os.environ, "MALLOC_ARENA_MAX": "4"},
-                start_new_session=True,
-            )
-        self._proc = proc
-        self.pidfile.write_text(f"{proc.pid}\n")
-        if self._stop_at_exit:
-            atexit.register(self.stop)
-        deadline = started + self._start_timeout
-        while True:
-            code = proc.poll()
-            if code is not None:
-                self._forget()
-                logs = read_from(self.log_path, log_start)
-                port = _bind_failure_port(logs)
-                if port is not None or "Address already in use" in logs:
-                    raise _PortTaken(port)
-                out = read_from(self.stdout_path, out_start).strip()
-                raise EmbeddedServerError(
-                    f"cassandra exited with code {code} while starting: "
-                    f"{_first_error(logs) if logs else 'it wrote no log'}\n"
-                    f"stdout/stderr ({self.stdout_path}):\n{_last_lines(out, 10)}\n"
-                    f"log ({self.log_path}):\n{_last_lines(logs, 15)}"
-                )
-            # Ours is up when it logged so (someone else may answer on a port we were given).
-            if (
-                _port_open(self.host, self._native_port)
-                and "Startup complete" in read_from(self.log_path, log_start)
-                and self._cql_answers()
-            ):
-                self.start_seconds = time.monotonic() - started
-                return
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise EmbeddedServerError(
-                    f"cassandra (pid {proc.pid}) did not answer CQL within "
-                    f"{self._start_timeout} s; log {self.log_path}:\n{_tail(self.log_path)}"
-                )
-            time.sleep(_POLL)
+        # Retried with fresh ports only if one we picked was taken meanwhile.
+        picked = self._want_native_port == 0 or self._want_storage_port == 0
+        # Fewer glibc malloc arenas (default 8 per core): less RSS for the JVM's native
+        # allocations, as Cassandra's own start script does.
+        env = {**os.environ, "MALLOC_ARENA_MAX": "4"}
+        self._start_retrying(3 if picked else 1, prepare, cwd=self.data_dir, env=env)
+        self.start_seconds = time.monotonic() - started
+        return self
+
+    def _ready(self) -> bool:
+        # Ours is up when it logged so (someone else may answer on a port we were given).
+        return (
+            _port_open(self.host, self._native_port)
+            and "Startup complete" in read_from(self.log_path, self._system_log_start)
+            and self._cql_answers()
+        )
+
+    def _start_failed(self, code: int, output: str) -> Exception:
+        logs = read_from(self.log_path, self._system_log_start)
+        port = _bind_failure_port(logs)
+        if port is not None or "Address already in use" in logs:
+            return PortTaken(port)
+        return EmbeddedServerError(
+            f"cassandra exited with code {code} while starting: "
+            f"{_first_error(logs) if logs else 'it wrote no log'}\n"
+            f"stdout/stderr ({self.stdout_path}):\n{_last_lines(output.strip(), 10)}\n"
+            f"log ({self.log_path}):\n{_last_lines(logs, 15)}"
+        )
 
     def _cql_answers(self) -> bool:
         from cassandra.cluster import Cluster, NoHostAvailable
@@ -731,56 +691,11 @@ storage_compatibility_mode: NONE
         finally:
             cluster.shutdown()
 
-    def _forget(self) -> None:
-        self._proc = None
-        atexit.unregister(self.stop)
-        self.pidfile.unlink(missing_ok=True)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM to our node's PID, wait up to ``timeout`` s, then SIGKILL. Idempotent."""
-        proc = self._proc
-        if proc is None:
-            return
-        self._forget()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL, no drain: what a crash looks like (the commit log replays on restart)."""
-        proc = self._proc
-        if proc is None:
-            return
-        self._forget()
-        proc.kill()
-        proc.wait()
-
     def rss_bytes(self) -> int:
         """The node's resident memory now (Linux /proc)."""
         status = Path(f"/proc/{self.pid}/status").read_text()
         match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
         return int(match.group(1)) * 1024 if match else 0
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class _PortTaken(Exception):
-    def __init__(self, port: int | None) -> None:
-        super().__init__(port)
-        self.port = port
 
 
 def _bind_failure_port(log: str) -> int | None:

@@ -88,19 +88,38 @@ def wait_gone(pid: int, timeout: float) -> bool:
 class PortTaken(Exception):
     """A child server could not bind a port we picked: another process took it first."""
 
+    def __init__(self, port: int | None = None) -> None:
+        super().__init__(port)
+        self.port = port
+
 
 class ChildServer:
     """A server run as our child process, in a session of its own (a Ctrl-C meant for the
-    parent does not reach it: we stop it ourselves, in order), its output in ``log_path``,
-    ready once a health URL answers 200, stopped by its PID. Subclasses pick their ports and
-    arguments in :meth:`start` and hand them to :meth:`_start_retrying`."""
+    parent does not reach it: we stop it ourselves, in order), its output in ``output_path``,
+    stopped by its PID. Subclasses pick their ports and arguments in :meth:`start` and hand
+    them to :meth:`_start_retrying`; it is ready once :meth:`_ready` says so (by default, once
+    the health URL that ``prepare`` returned answers 200).
+
+    ``stop_at_exit``: stop it when this Python exits, should :meth:`stop` not have been called
+    (False for a server meant to outlive the command that started it). ``pidfile``: where its
+    PID is written while it runs, for a later command to find it."""
 
     name = "server"  # in error messages
 
-    def __init__(self, log_path: Path, start_timeout: float) -> None:
-        self.log_path = log_path
+    def __init__(
+        self,
+        output_path: Path,
+        start_timeout: float,
+        *,
+        stop_at_exit: bool = True,
+        pidfile: Path | None = None,
+    ) -> None:
+        self.output_path = output_path
+        self.pidfile = pidfile
         self._start_timeout = start_timeout
+        self._stop_at_exit = stop_at_exit
         self._proc: subprocess.Popen[bytes] | None = None
+        self._health_url = ""
 
     @property
     def pid(self) -> int:
@@ -118,79 +137,108 @@ class ChildServer:
     def start(self) -> Self:
         raise NotImplementedError
 
+    def _ready(self) -> bool:
+        """Whether the server, running, serves. By default its health URL answers 200."""
+        return http_ok(self._health_url)
+
+    def _start_failed(self, code: int, output: str) -> Exception:
+        """What to raise when the server exited with ``code`` while starting, having written
+        ``output``: :class:`PortTaken` (start again on other ports) or an error to report."""
+        if "address already in use" in output.lower():
+            return PortTaken()
+        return EmbeddedServerError(
+            f"{self.name} exited with code {code} while starting; "
+            f"log {self.output_path}:\n{log_tail(self.output_path)}"
+        )
+
     def _start_retrying(
-        self, attempts: int, prepare: Callable[[], tuple[list[str], str]], cwd: Path | None = None
+        self,
+        attempts: int,
+        prepare: Callable[[], tuple[list[str], str]],
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """``prepare()`` picks the ports and returns the command and its health URL. A port
-        picked by free_port() can be taken before the server binds it; then, ``attempts``
-        times in all, prepare and start again."""
+        """``prepare()`` picks the ports and returns the command and its health URL ("" when
+        :meth:`_ready` looks elsewhere). A port picked by free_port() can be taken before the
+        server binds it; then, ``attempts`` times in all, prepare and start again."""
         if self._proc is not None:
             raise EmbeddedServerError(f"{self.name} already started (pid {self._proc.pid})")
         for attempt in range(attempts):
-            args, health_url = prepare()
+            args, self._health_url = prepare()
             try:
-                self._spawn_and_wait(args, health_url, cwd)
+                self._spawn_and_wait(args, cwd, env)
                 return
-            except PortTaken:
+            except PortTaken as taken:
                 if attempt == attempts - 1:
+                    port = f" ({taken.port})" if taken.port else ""
                     raise EmbeddedServerError(
-                        f"{self.name} could not bind its ports; log {self.log_path}:\n"
-                        + log_tail(self.log_path)
+                        f"{self.name} could not bind its ports{port}: another process has it; "
+                        f"log {self.output_path}:\n" + log_tail(self.output_path)
                     ) from None
 
-    def _spawn_and_wait(self, args: list[str], health_url: str, cwd: Path | None) -> None:
+    def _spawn_and_wait(
+        self, args: list[str], cwd: Path | None, env: dict[str, str] | None
+    ) -> None:
         log: IO[bytes]
-        with self.log_path.open("ab") as log:
+        self.output_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.output_path.open("ab") as log:
             log_start = log.tell()
             log.write(f"--- jetchat: starting {' '.join(args)}\n".encode())
             log.flush()
             proc = subprocess.Popen(
                 args,
                 cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self._proc = proc
-        # Should the caller never stop() us, do it when this interpreter exits normally.
-        atexit.register(self.stop)
+        if self.pidfile is not None:
+            self.pidfile.write_text(f"{proc.pid}\n")
+        if self._stop_at_exit:
+            atexit.register(self.stop)
         deadline = time.monotonic() + self._start_timeout
         while True:
             code = proc.poll()
             if code is not None:
-                self._proc = None
-                atexit.unregister(self.stop)
-                if "address already in use" in read_from(self.log_path, log_start):
-                    raise PortTaken
-                raise EmbeddedServerError(
-                    f"{self.name} exited with code {code} while starting; "
-                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
-                )
-            if http_ok(health_url):
+                self._forget()
+                raise self._start_failed(code, read_from(self.output_path, log_start))
+            if self._ready():
                 return
             if time.monotonic() >= deadline:
                 self.stop()
                 raise EmbeddedServerError(
-                    f"{self.name} (pid {proc.pid}) not healthy after {self._start_timeout} s; "
-                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
+                    f"{self.name} (pid {proc.pid}) not ready after {self._start_timeout} s; "
+                    f"log {self.output_path}:\n{log_tail(self.output_path)}"
                 )
             time.sleep(POLL_S)
 
+    def _forget(self) -> subprocess.Popen[bytes] | None:
+        proc, self._proc = self._proc, None
+        atexit.unregister(self.stop)
+        if self.pidfile is not None:
+            self.pidfile.unlink(missing_ok=True)
+        return proc
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM to our server's PID, wait up to ``timeout`` s, then SIGKILL. Idempotent."""
-        proc = self._proc
-        if proc is None:
-            return
-        self._proc = None
-        atexit.unregister(self.stop)
-        if proc.poll() is None:
+        proc = self._forget()
+        if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, no drain: what a crash looks like."""
+        proc = self._forget()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -103,7 +103,7 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
                 extra={
                     "url": nats_server.url,
                     "pid": nats_server.pid,
-                    "log": str(nats_server.log_path),
+                    "log": str(nats_server.output_path),
                     "seconds": round(time.monotonic() - began, 2),
                 },
             )
