@@ -27,6 +27,7 @@ from core.model import (
     ReceiptState,
     SendRecord,
     User,
+    conversation_members,
 )
 from core.ports import Clock, GroupChange, InboxEntry, InboxPage
 from core.presence import Presence
@@ -168,6 +169,10 @@ class MemoryCursors:
 
 
 class MemoryHistory:
+    """The history stores' contract (tests/integration/test_history_contract.py): pages in id
+    order with the bounds excluded, idempotent writes, and each user's 1:1 conversations by
+    their newest message (group conversations are not listed here: the core adds them)."""
+
     def __init__(self) -> None:
         self.messages: dict[tuple[str, str], ChatMessage] = {}
 
@@ -182,14 +187,22 @@ class MemoryHistory:
         if after is not None:
             ids = [i for i in ids if i > after][:limit]
         else:
-            ids = [i for i in ids if before is None or i < before][-limit:]
+            ids = [i for i in ids if before is None or i < before]
+            ids = ids[max(len(ids) - limit, 0) :]  # the last ``limit`` (LIMIT 0: none)
         return [self.messages[(conv, i)] for i in ids]
 
     async def get(self, conv: str, message_id: str) -> ChatMessage | None:
         return self.messages.get((conv, message_id))
 
     async def conversations(self, user: str, limit: int) -> list[ConversationSummary]:
-        return []
+        newest: dict[str, ChatMessage] = {}
+        for (conv, _), m in self.messages.items():
+            if user in conversation_members(conv) and (
+                conv not in newest or newest[conv].id < m.id
+            ):
+                newest[conv] = m
+        found = sorted(newest.values(), key=lambda m: m.id, reverse=True)[:limit]
+        return [ConversationSummary(m.conv, m.id, m.ts) for m in found]
 
     async def ping(self) -> None:
         pass
@@ -393,3 +406,184 @@ def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAc
         NoSocial(),
     )
     return chat, inbox, accounts_store
+
+
+class MemoryGroupChange:
+    """A change under :meth:`MemoryGroups.changing`: it works on copies, which the store takes
+    when the block ends without an exception (as the Postgres transaction commits)."""
+
+    def __init__(
+        self,
+        group: Group,
+        members: list[Member],
+        periods: dict[str, list[MembershipPeriod]],
+    ) -> None:
+        self.group = group
+        self.members = members
+        self.periods = periods
+
+    async def add(self, user_id: str, role: str, joined_id: str) -> None:
+        if any(m.user_id == user_id for m in self.members):
+            raise ValueError(f"{user_id} is already a member")  # the primary key refuses it
+        self.members = _in_order([*self.members, Member(user_id, role, joined_id)])
+        self.periods[user_id] = [
+            *self.periods.get(user_id, []),
+            MembershipPeriod(joined_id, None),
+        ]
+
+    async def remove(self, user_id: str, left_id: str) -> None:
+        self.members = [m for m in self.members if m.user_id != user_id]
+        self.periods[user_id] = [
+            MembershipPeriod(p.joined_id, left_id) if p.left_id is None else p
+            for p in self.periods.get(user_id, [])
+        ]
+
+    async def set_role(self, user_id: str, role: str) -> None:
+        self.members = [
+            msgspec.structs.replace(m, role=role) if m.user_id == user_id else m
+            for m in self.members
+        ]
+
+    async def rename(self, name: str) -> None:
+        self.group = msgspec.structs.replace(self.group, name=name)
+
+
+def _in_order(members: list[Member]) -> list[Member]:
+    """As storage/postgres_groups.py reads them: by joining event, then user id."""
+    return sorted(members, key=lambda m: (m.joined_id, m.user_id))
+
+
+class MemoryGroups:
+    """Groups, members and membership periods as storage/postgres_groups.py keeps them.
+
+    One lock per group stands in for the row lock; it is taken exclusively by sends too (the
+    real one is shared by sends), which changes nothing for tests that send one at a time."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, Group] = {}
+        self.member_lists: dict[str, list[Member]] = {}
+        self.period_lists: dict[str, dict[str, list[MembershipPeriod]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def create(self, group: Group, members: list[Member]) -> None:
+        if group.id in self.groups:
+            raise ValueError(f"group {group.id} exists")  # the primary key refuses it
+        change = MemoryGroupChange(group, [], {})
+        for m in members:
+            await change.add(m.user_id, m.role, m.joined_id)
+        self._commit(change)
+
+    async def get(self, group_id: str) -> Group | None:
+        return self.groups.get(group_id)
+
+    async def members(self, group_id: str) -> list[Member]:
+        return list(self.member_lists.get(group_id, []))
+
+    async def groups_of(self, user_id: str) -> list[Group]:
+        return [
+            self.groups[gid]
+            for gid in sorted(self.groups)
+            if any(m.user_id == user_id for m in self.member_lists[gid])
+        ]
+
+    async def periods(self, group_id: str, user_id: str) -> list[MembershipPeriod]:
+        found = self.period_lists.get(group_id, {}).get(user_id, [])
+        return sorted(found, key=lambda p: p.joined_id)
+
+    @contextlib.asynccontextmanager
+    async def sending(self, group_id: str) -> AsyncIterator[list[Member] | None]:
+        async with self._lock(group_id):
+            yield await self.members(group_id) if group_id in self.groups else None
+
+    @contextlib.asynccontextmanager
+    async def changing(self, group_id: str) -> AsyncIterator[GroupChange | None]:
+        async with self._lock(group_id):
+            group = self.groups.get(group_id)
+            if group is None:
+                yield None
+                return
+            change = MemoryGroupChange(
+                group,
+                list(self.member_lists[group_id]),
+                {u: list(ps) for u, ps in self.period_lists[group_id].items()},
+            )
+            yield change
+            self._commit(change)  # not reached when the block raised: nothing is kept
+
+    def _lock(self, group_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(group_id, asyncio.Lock())
+
+    def _commit(self, change: MemoryGroupChange) -> None:
+        gid = change.group.id
+        self.groups[gid] = change.group
+        self.member_lists[gid] = change.members
+        self.period_lists[gid] = change.periods
+
+
+class MemoryGroupLog:
+    """The CHAT_GROUPS stream: one sequence over every group's subject. As JetStream checks a
+    publish, a repeated ``Nats-Msg-Id`` within the duplicate window (by ``clock``) is answered
+    with the first write's sequence before anything else is checked; otherwise the write is
+    refused (None) unless the group's last sequence is still ``expected_seq``.
+
+    ``rivals`` are writes of other processes: each lands just before this process's next
+    append to its group, so that append finds the timeline moved on."""
+
+    def __init__(self, clock: Clock, duplicate_window_s: float = 120.0) -> None:
+        self.clock = clock
+        self.duplicate_window_ms = int(duplicate_window_s * 1000)
+        self.entries: list[tuple[int, str, bytes]] = []
+        """``(sequence, group id, data)`` in stream order."""
+        self.keys: dict[str, tuple[int, int]] = {}
+        """De-duplication key -> (when stored, ms; its sequence)."""
+        self.rivals: list[tuple[str, bytes]] = []
+
+    async def last(self, group_id: str) -> tuple[int, str]:
+        for seq, gid, data in reversed(self.entries):
+            if gid == group_id:
+                return seq, msgspec.json.decode(data, type=ChatMessage).id
+        return (0, "")
+
+    async def append(
+        self, group_id: str, data: bytes, expected_seq: int, dedupe_key: str
+    ) -> tuple[int, bytes] | None:
+        for rival in [r for r in self.rivals if r[0] == group_id]:
+            self.rivals.remove(rival)
+            self._store(group_id, rival[1])
+        now = self.clock.now_ms()
+        stored = self.keys.get(dedupe_key)
+        if stored is not None and now - stored[0] < self.duplicate_window_ms:
+            return stored[1], self.entries[stored[1] - 1][2]
+        if (await self.last(group_id))[0] != expected_seq:
+            return None
+        seq = self._store(group_id, data)
+        self.keys[dedupe_key] = (now, seq)
+        return seq, data
+
+    def timeline(self, group_id: str) -> list[ChatMessage]:
+        """The group's entries in sequence order."""
+        return [
+            msgspec.json.decode(data, type=ChatMessage)
+            for _, gid, data in self.entries
+            if gid == group_id
+        ]
+
+    def _store(self, group_id: str, data: bytes) -> int:
+        seq = len(self.entries) + 1
+        self.entries.append((seq, group_id, data))
+        return seq
+
+
+class EventInbox(MemoryInbox):
+    """A :class:`MemoryInbox` that keeps what :meth:`notify` sends, per user, for the test to
+    read (JetStream keeps none of it: live events reach connected devices at most once)."""
+
+    def __init__(self, clock: Clock, duplicate_window_s: float = 120.0) -> None:
+        super().__init__(clock, duplicate_window_s)
+        self.events: list[tuple[str, bytes]] = []
+
+    async def notify(self, users: Sequence[str], event: bytes) -> None:
+        self.events.extend((user, event) for user in users)
+
+    def events_of(self, user: str) -> list[bytes]:
+        return [event for u, event in self.events if u == user]
