@@ -3,7 +3,6 @@ notices too. Never stored: a device that is not connected never sees them."""
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 
 import msgspec
@@ -62,17 +61,22 @@ class Events:
         # process's budget; fine for an indicator); the least recently used are forgotten
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    async def members(self, user: str, conv: str) -> list[str]:
-        """The conversation's members now, if ``user`` is one (else ChatError FORBIDDEN)."""
+    async def members(self, user: str, conv: str, *, fresh: bool = False) -> list[str]:
+        """The conversation's members, if ``user`` is one (else ChatError FORBIDDEN).
+
+        A group's list may be up to ``_MEMBERS_CACHE_S`` old, which is right for typing (a
+        stream of ephemeral events); ``fresh`` reads it now, for what is stored or shown
+        (receipts): a member added a moment ago is let in, one removed is refused."""
         if names_dm(conv):
             members = list(conversation_members(conv))
         elif names_group(conv):
-            cached = self._members.get(conv)
-            if cached is None or cached[0] < time.monotonic():
+            now = self._clock.now_ms()
+            cached = None if fresh else self._members.get(conv)
+            if cached is None or cached[0] < now:
                 if len(self._members) >= _MEMBERS_CACHE_GROUPS:
                     self._members.clear()
                 found = await self._groups.members(group_id_of(conv))
-                cached = (time.monotonic() + _MEMBERS_CACHE_S, [m.user_id for m in found])
+                cached = (now + int(_MEMBERS_CACHE_S * 1000), [m.user_id for m in found])
                 self._members[conv] = cached
             members = cached[1]
         else:

@@ -64,7 +64,7 @@ class Receipts:
         """Mark ``conv`` read up to ``up_to`` (which also means delivered)."""
         if not is_message_id(up_to):
             raise ChatError(ErrorCode.INVALID_ARGUMENT, f"not a message id: {up_to!r}")
-        members = await self._events.members(user, conv)
+        members = await self._events.members(user, conv, fresh=True)
         state = await self._store.advance(conv, user, up_to, up_to)
         if state is None:
             return await self._store.get(conv, user)
@@ -72,7 +72,7 @@ class Receipts:
         return state
 
     async def states(self, user: str, conv: str) -> list[ReceiptState]:
-        await self._events.members(user, conv)
+        await self._events.members(user, conv, fresh=True)
         return await self._store.all(conv)
 
     async def conversations(self, user: str, limit: int) -> list[ConversationSummary]:

@@ -259,14 +259,9 @@ def test_delivered_marks_keep_per_conversation_the_newest_id_and_its_senders():
     assert delivered_marks("bob", []) == {}
 
 
-# --- known bug --------------------------------------------------------------------------------
+# --- membership is read fresh for receipts (the typing path caches it 5 s) ------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Receipts checks membership with Events.members, whose group member list is "
-    "cached 5 s by time.monotonic (meant for typing); a member added meanwhile is refused",
-)
 async def test_a_member_added_a_moment_ago_may_mark_read():
     w = await world(("alice", "bob"))
     await w.receipts.read("bob", GROUP, mid(1))  # the members are looked up (and cached)
@@ -276,11 +271,6 @@ async def test_a_member_added_a_moment_ago_may_mark_read():
     assert await w.receipts.read("carol", GROUP, mid(2)) == ReceiptState("carol", mid(2), mid(2))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Receipts checks membership with Events.members, whose group member list is "
-    "cached 5 s by time.monotonic (meant for typing); a removed member still reads the marks",
-)
 async def test_a_removed_member_no_longer_reads_the_groups_marks():
     w = await world(("alice", "bob"))
     await w.receipts.read("bob", GROUP, mid(1))
