@@ -20,7 +20,7 @@ from core.presence import Presence
 from core.receipts import Receipts
 
 if TYPE_CHECKING:
-    from core.connection import Connection
+    from core.session import DeviceSession
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Limits(msgspec.Struct, frozen=True):
     Besides its messages, a read costs JetStream a fixed part: about 0.5 ms with 20,000
     messages in the stream on 2 cores, more in a larger stream. A 10,000-message catch-up
     takes 40 reads of 256, or 5 growing up to 4096 (the first reads are smaller, see
-    core/connection.py)."""
+    core/session.py)."""
     replay_bytes: int = 1 << 20
     """Bytes of stored messages fetched per read at most, whatever ``replay_batch`` says
     (1 MiB): with the read ahead, a replaying connection holds at most twice this, however
@@ -91,22 +91,22 @@ class Chat:
         self.inbox = inbox
         self.cursors = cursors
         self.limits = limits
-        self._by_device: dict[str, Connection | set[Connection]] = {}
+        self._by_device: dict[str, DeviceSession | set[DeviceSession]] = {}
         # connections whose acked position is not stored yet, with when to store it
-        self._unflushed: dict[Connection, float] = {}
+        self._unflushed: dict[DeviceSession, float] = {}
         self._flush_wanted = asyncio.Event()  # set when _unflushed gets a first entry
 
     @property
-    def connections(self) -> list[Connection]:
+    def connections(self) -> list[DeviceSession]:
         return [c for device in self._by_device for c in self._of_device(device)]
 
-    def _of_device(self, device_id: str) -> Collection[Connection]:
+    def _of_device(self, device_id: str) -> Collection[DeviceSession]:
         conns = self._by_device.get(device_id)
         if conns is None:
             return ()
         return conns if isinstance(conns, set) else (conns,)
 
-    def attach(self, conn: Connection) -> None:
+    def attach(self, conn: DeviceSession) -> None:
         key = conn.device.id
         current = self._by_device.get(key)
         if current is None:
@@ -116,7 +116,7 @@ class Chat:
         elif current is not conn:
             self._by_device[key] = {current, conn}
 
-    def detach(self, conn: Connection) -> None:
+    def detach(self, conn: DeviceSession) -> None:
         self._unflushed.pop(conn, None)  # the connection flushes itself as it closes
         key = conn.device.id
         current = self._by_device.get(key)
@@ -127,7 +127,7 @@ class Chat:
             if len(current) == 1:
                 self._by_device[key] = next(iter(current))
 
-    def acked(self, conn: Connection) -> None:
+    def acked(self, conn: DeviceSession) -> None:
         """An attached connection's client acknowledged more: its position is stored
         ``limits.cursor_flush_s`` after the first ack not yet stored, by :meth:`flush_cursors`."""
         if conn not in self._unflushed:

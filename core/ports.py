@@ -362,17 +362,30 @@ class RevocationBus(Protocol):
 
 
 class Transport(Protocol):
-    """One client connection as the core sees it (WebSocket today, long polling later).
+    """How frames reach one client, as the core's :class:`core.session.DeviceSession` sees it
+    (after centrifuge's ``Transport``): a WebSocket for its whole life (frontends/ws), or one
+    long poll, whose frames become the poll's answer (frontends/longpoll). Every rule of
+    delivery is the session's; a transport only carries frames.
 
-    Reading is the frontend's business: it feeds received frames into the core."""
+    Reading is the frontend's business: it feeds received frames into the session (a
+    WebSocket) or calls the shared request handlers (:mod:`core.requests`, over HTTP)."""
+
+    @property
+    def kind(self) -> str:
+        """Which transport: ``ws`` or ``longpoll`` (metrics, logs)."""
+        ...
 
     async def send(self, frame: str) -> None:
-        """Send one text frame; may wait while the peer is slow to read."""
+        """Send one text frame, in order after the ones before; may wait while the peer is slow
+        to read (the session closes it as a slow consumer after ``send_timeout_s``). At most
+        once: a frame sent to a peer that is gone is lost, and the client resumes from its
+        cursor. The session calls it from one task at a time."""
         ...
 
     async def close(self, code: CloseCode, reason: str) -> None:
         """Close the connection with a WebSocket close code (4000-4999 are ours). May wait
-        while the peer does not read (the close frame queues behind unread frames)."""
+        while the peer does not read (the close frame queues behind unread frames). A poll
+        has nothing to close: it ends with its answer."""
         ...
 
     def abort(self) -> None:

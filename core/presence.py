@@ -28,6 +28,16 @@ from core.protocol import PresenceEvent, PresenceItem
 log = logging.getLogger(__name__)
 
 MAX_QUERY = 500
+VISIBILITY_CACHE_MS = 30_000
+"""How long whose presence a user may see (their contacts and group peers) and whether they
+hide their own are reused per process, for every transport. Kept, and for WebSockets too,
+because a device asks it at every long poll (every 25 s at most, and after every message in a
+busy conversation) and at every WebSocket open (all of a process's sockets at once after a
+deploy), two Postgres queries each; at 30 s a device costs at most two queries a minute. The
+price: a contact added or a hide_presence change shows in live presence events up to 30 s
+late (a WebSocket keeps what it got at open for its whole life anyway); ``presence`` queries
+always read it fresh."""
+_VISIBILITY_CACHE_USERS = 100_000
 
 Deliver = Callable[[PresenceEvent], None]
 
@@ -44,6 +54,8 @@ class Presence:
         self._announcers: dict[str, asyncio.Task[None]] = {}
         # last beat of users gone offline whose offline is not told yet
         self._gone_at: dict[str, int] = {}
+        # user -> (expires at, visible, hides own); insertion order is expiry order
+        self._visibility: dict[str, tuple[int, Collection[str], bool]] = {}
 
     async def run(self) -> None:
         await self._store.run(self._on_change, self._on_ready)
@@ -59,6 +71,27 @@ class Presence:
 
     async def gone(self, user: str, device: str) -> None:
         await self._store.gone(user, device)
+
+    async def visibility(self, user: str) -> tuple[Collection[str], bool]:
+        """Whose presence ``user`` may see, and whether they hide their own (then they see
+        no one's last seen), as of at most :data:`VISIBILITY_CACHE_MS` ago."""
+        now = self._clock.now_ms()
+        cache = self._visibility
+        while cache:  # drop the expired, oldest first: only the last 30 s are held
+            oldest = next(iter(cache))
+            if cache[oldest][0] > now:
+                break
+            del cache[oldest]
+        cached = cache.get(user)
+        if cached is None:
+            visible = tuple(await self._social.visible(user))
+            hides_own = bool(await self._social.hidden([user]))
+            cached = (now + VISIBILITY_CACHE_MS, visible, hides_own)
+            if len(cache) >= _VISIBILITY_CACHE_USERS:
+                del cache[next(iter(cache))]
+            cache.pop(user, None)  # another caller filled it meanwhile: keep expiry order
+            cache[user] = cached
+        return cached[1], cached[2]
 
     def watch(self, users: Collection[str], deliver: Deliver) -> Callable[[], None]:
         """Call ``deliver`` with each change of these users; returns the function to stop."""

@@ -286,6 +286,9 @@ ServerFrame = (
     | PresenceEvent
     | PresenceList
 )
+PollFrame = MsgFrame | MsgsFrame | ResyncNeeded | ReceiptEvent | TypingEvent | PresenceEvent
+"""The server frames a long-poll answer carries (``msgs`` only for protocol 2)."""
+
 server_frame_decoder = msgspec.json.Decoder(ServerFrame | MsgFrame | MsgsFrame)
 
 _encoder = msgspec.json.Encoder()

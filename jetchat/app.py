@@ -28,11 +28,11 @@ from core.events import Events
 from core.groups import Groups
 from core.history import History
 from core.ids import MessageIds
-from core.longpoll import LongPoll
 from core.messaging import Messaging
 from core.ports import HistoryStore
 from core.presence import Presence
 from core.receipts import Receipts
+from core.session import LongPolls
 from core.supervisor import Supervisor
 from frontends.http.answers import end_json_with_newline, exception_handlers
 from frontends.http.openapi import document_errors, openapi_config
@@ -279,7 +279,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.services = services
         app.state.supervisor = services.supervisor  # the WebSocket frontend's keepalive
         app.state.chat = services.chat
-        app.state.longpoll = LongPoll(services.chat)
+        app.state.longpolls = LongPolls(services.chat, settings.poll_timeout_s)
         app.state.poll_timeout_s = settings.poll_timeout_s
         app.state.ws_settings = WsSettings(
             frozenset(o.strip() for o in settings.ws_allowed_origins.split(",") if o.strip())

@@ -1,4 +1,8 @@
-"""The HTTP API (OpenAPI at ``/schema``): accounts, devices, profiles, sending."""
+"""The HTTP API (OpenAPI at ``/schema``): accounts, devices, profiles, sending.
+
+A device's requests (send, history, conversations, read marks, receipts, typing, presence)
+call the same handlers as the WebSocket's frames (core/requests.py), built from the same
+request structs, so the two transports cannot apply different rules."""
 
 from __future__ import annotations
 
@@ -7,14 +11,23 @@ from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import Provide
 
+from core import requests
 from core.accounts import DeviceInfo, Login, Profile
 from core.chat import Chat
 from core.errors import ErrorCode
 from core.groups import GroupInfo
 from core.history import MAX_CONVERSATIONS, MAX_PAGE
-from core.messaging import SendRequest
 from core.model import ChatMessage, ConversationSummary, Device, Group, ReceiptState, Sent
-from core.protocol import PresenceItem
+from core.protocol import (
+    GetConversations,
+    GetHistory,
+    GetPresence,
+    GetReceipts,
+    PresenceItem,
+    Read,
+    Send,
+    Typing,
+)
 from frontends.auth import bearer_token
 from frontends.http.openapi import raises
 
@@ -148,7 +161,8 @@ class AccountsController(Controller):
         dependencies={"device": Provide(provide_device)},
     )
     async def presence(self, chat: Chat, device: Device, users: str) -> list[PresenceItem]:
-        return await chat.presence.query(device.user_id, [u for u in users.split(",") if u])
+        wanted = GetPresence(ref="", users=[u for u in users.split(",") if u])
+        return await requests.presence(chat, device, wanted)
 
 
 class MessagesController(Controller):
@@ -177,8 +191,7 @@ class MessagesController(Controller):
         ),
     )
     async def send(self, chat: Chat, device: Device, data: SendBody) -> Sent:
-        request = SendRequest(data.client_id, data.to, data.text)
-        return await chat.messaging.send(device.user_id, device.id, request)
+        return await requests.send(chat, device, Send(data.client_id, data.to, data.text))
 
 
 class TypingBody(msgspec.Struct, frozen=True):
@@ -206,7 +219,7 @@ class ConversationsController(Controller):
     async def conversations(
         self, chat: Chat, device: Device, limit: int = MAX_CONVERSATIONS
     ) -> list[ConversationSummary]:
-        return await chat.receipts.conversations(device.user_id, limit)
+        return await requests.conversations(chat, device, GetConversations(ref="", limit=limit))
 
     @post(
         "/{conv:str}/read",
@@ -215,7 +228,7 @@ class ConversationsController(Controller):
         opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.FORBIDDEN),
     )
     async def read(self, chat: Chat, device: Device, conv: str, data: ReadBody) -> ReceiptState:
-        return await chat.receipts.read(device.user_id, conv, data.up_to)
+        return await requests.read(chat, device, Read(conv, data.up_to))
 
     @post(
         "/{conv:str}/typing",
@@ -224,7 +237,7 @@ class ConversationsController(Controller):
         opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.FORBIDDEN),
     )
     async def typing(self, chat: Chat, device: Device, conv: str, data: TypingBody) -> None:
-        await chat.events.typing(device.user_id, device.id, conv, data.state)
+        await requests.typing(chat, device, Typing(conv, data.state))
 
     @get(
         "/{conv:str}/receipts",
@@ -232,7 +245,7 @@ class ConversationsController(Controller):
         opt=raises(ErrorCode.FORBIDDEN),
     )
     async def receipts(self, chat: Chat, device: Device, conv: str) -> list[ReceiptState]:
-        return await chat.receipts.states(device.user_id, conv)
+        return await requests.receipts(chat, device, GetReceipts(ref="", conv=conv))
 
     @get(
         "/{conv:str}/messages",
@@ -254,10 +267,8 @@ class ConversationsController(Controller):
         around: str | None = None,
         limit: int = 50,
     ) -> HistoryPageBody:
-        messages = await chat.history.page(
-            device.user_id, conv, before=before, after=after, around=around, limit=limit
-        )
-        return HistoryPageBody(conv, messages)
+        page = GetHistory(ref="", conv=conv, before=before, after=after, around=around, limit=limit)
+        return HistoryPageBody(conv, await requests.history(chat, device, page))
 
 
 class NewGroup(msgspec.Struct, frozen=True):

@@ -1,5 +1,11 @@
 """The long-polling frontend: ``GET /v1/poll?cursor=N&timeout=S``, for clients behind proxies
-that do not let WebSockets through. Sends go over plain HTTP (``POST /v1/messages``)."""
+that do not let WebSockets through. Requests (sends, history, read marks, receipts, typing,
+presence) go over plain HTTP (frontends/http), through the same handlers a WebSocket's frames
+reach (core/requests.py).
+
+A thin adapter: each poll is one :class:`core.session.DeviceSession` (through
+:class:`core.session.LongPolls`) writing to a :class:`PollTransport`, whose frames become the
+answer; every rule of delivery is the core's."""
 
 from __future__ import annotations
 
@@ -11,8 +17,12 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
 
-from core.longpoll import LongPoll, PollFrame
+from core.close import CloseCode
+from core.errors import ErrorCode
 from core.model import Device
+from core.protocol import PollFrame
+from core.session import LongPolls
+from frontends.http.openapi import raises
 from frontends.http.routes import provide_device
 
 
@@ -24,6 +34,27 @@ class PollAnswer(msgspec.Struct, frozen=True):
     frames: list[PollFrame]
 
 
+class PollTransport:
+    """:class:`core.ports.Transport` for one poll: the frames of its answer, in order. Sending
+    never waits (the answer is bounded by the core: one inbox page and the events that came
+    meanwhile), and there is nothing to close: the poll ends with its answer."""
+
+    __slots__ = ("frames",)
+    kind = "longpoll"
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+
+    async def send(self, frame: str) -> None:
+        self.frames.append(frame)
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
 @get(
     "/v1/poll",
     summary="Long poll: inbox messages and events after a cursor",
@@ -32,13 +63,15 @@ class PollAnswer(msgspec.Struct, frozen=True):
         "or an event (typing, receipt, presence) does, else after `timeout` seconds (capped "
         "by the server, 25 by default) with no frames. The body is `{cursor, frames}`: the "
         "frames are the WebSocket protocol's server frames (docs/protocol.md); poll again with "
-        "the returned cursor, which also acknowledges what you received. No `cursor`: the "
+        "the returned cursor, which also acknowledges what you received (a negative one is "
+        "refused with `invalid_argument`, as over the WebSocket). No `cursor`: the "
         "position this device acknowledged last. A pending poll is the presence heartbeat. "
         "`protocol=2`: the messages come in `msgs` frames (several per frame)."
     ),
     dependencies={"device": Provide(provide_device)},
     tags=["long polling"],
     media_type="application/json",
+    opt=raises(ErrorCode.INVALID_ARGUMENT),
     responses={
         200: ResponseSpec(
             PollAnswer, description="The frames and the next cursor", generate_examples=False
@@ -52,19 +85,18 @@ async def poll(
     timeout: float | None = None,
     protocol: int = 1,
 ) -> Response[bytes]:
-    longpoll: LongPoll = request.app.state.longpoll
+    longpolls: LongPolls = request.app.state.longpolls
     cap: float = request.app.state.poll_timeout_s
     wait = cap if timeout is None else max(0.0, min(timeout, cap))
-    if cursor is not None and cursor < 0:
-        cursor = 0
+    transport = PollTransport()
     gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     # a task of this poll, not supervised: it is cancelled when the poll answers
     watcher = asyncio.ensure_future(_until_disconnected(request, gone))
     try:
-        next_cursor, frames = await longpoll.poll(device, cursor, wait, gone, protocol)
+        next_cursor = await longpolls.poll(device, cursor, wait, transport, gone, protocol)
     finally:
         watcher.cancel()
-    body = f'{{"cursor":{next_cursor},"frames":[{",".join(frames)}]}}'
+    body = f'{{"cursor":{next_cursor},"frames":[{",".join(transport.frames)}]}}'
     return Response(body.encode(), media_type="application/json")
 
 

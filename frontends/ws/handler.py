@@ -4,7 +4,7 @@ uvicorn parses the HTTP request and, for an upgrade, hands the socket to the pro
 its ``ws`` setting: :func:`protocol_class` makes ours. It checks the path, the Origin and the
 token (refusing with 401/403/404 and a JSON body), then moves bytes between the socket,
 python-websockets' sans-I/O ``ServerProtocol`` (handshake, framing, UTF-8, size limits, close
-handshake) and :class:`core.connection.Connection`. A thin adapter: every decision about
+handshake) and :class:`core.session.DeviceSession`. A thin adapter: every decision about
 frames is the core's.
 
 Why not an ASGI route: an idle WebSocket served through ASGI costs what the ASGI server keeps
@@ -34,8 +34,8 @@ from websockets.server import ServerProtocol
 
 from core.chat import Chat
 from core.close import CloseCode
-from core.connection import Connection
 from core.errors import ChatError, ErrorCode
+from core.session import DeviceSession
 from core.supervisor import Supervisor
 from frontends.auth import token_from
 from frontends.errors import error_body
@@ -132,6 +132,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     _state: ClassVar[State]  # set by protocol_class()
     _server: ClassVar[_Server | None] = None
+    kind = "ws"  # core.ports.Transport's; a class attribute, nothing per socket
 
     __slots__ = (
         "_conn",
@@ -167,7 +168,7 @@ class WebSocketProtocol(asyncio.Protocol):
             ]
         self._ws = ServerProtocol(extensions=extensions, max_size=server.max_size)
         self._transport: asyncio.Transport | None = None
-        self._conn: Connection | None = None
+        self._conn: DeviceSession | None = None
         self._phase = _HANDSHAKE
         self._task: asyncio.Task[None] | None = None  # the handshake, then the frame reader
         self._incoming: collections.deque[str | bytes] | None = None
@@ -315,7 +316,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self._task = None
             return
         self._phase = _OPENING
-        conn = self._conn = Connection(chat, device, self)
+        conn = self._conn = DeviceSession(chat, device, self)
         try:
             await conn.open()
         except Exception:

@@ -367,6 +367,8 @@ class NoRevocations:
 
 
 class FakeTransport:
+    kind = "ws"
+
     def __init__(self) -> None:
         self.frames: asyncio.Queue[str] = asyncio.Queue()
         self.closed: tuple[CloseCode, str] | None = None
@@ -379,6 +381,24 @@ class FakeTransport:
 
     def abort(self) -> None:
         self.closed = (CloseCode.ABNORMAL, "aborted")
+
+
+class FakePollTransport:
+    """One long poll's answer: the frames sent, never waiting."""
+
+    kind = "longpoll"
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+
+    async def send(self, frame: str) -> None:
+        self.frames.append(frame)
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
 
 
 def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAccounts]:
