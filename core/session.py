@@ -171,7 +171,7 @@ class DeviceSession:
     async def open(self) -> None:
         """The socket is accepted: registered for revocation, drain and cursor flushes,
         online, watching presence, welcomed."""
-        self._chat.attach(self)
+        self._chat.sessions.attach(self)
         self._attached = True
         await self._chat.presence.beat(self.user, self.device.id)
         await self._watch_presence()
@@ -209,7 +209,7 @@ class DeviceSession:
             if frame.seq > self._acked:
                 self._acked = frame.seq
                 if self._attached:
-                    self._chat.acked(self)
+                    self._chat.sessions.acked(self)
         elif isinstance(frame, Hello):
             if self._feed_task is not None and not self._feed_task.done():
                 await self._reply_error(
@@ -259,7 +259,7 @@ class DeviceSession:
             self._unwatch_presence = None
         if self._attached:
             self._attached = False
-            self._chat.detach(self)
+            self._chat.sessions.detach(self)
             metrics.CONNECTIONS.labels(self._transport.kind).dec()
         self._closed = True
         tasks = [t for t in (self._writer, self._sender, self._feed_task) if t is not None]

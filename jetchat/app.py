@@ -34,11 +34,12 @@ from core.presence import Presence
 from core.receipts import Receipts
 from core.session import LongPolls
 from core.supervisor import Supervisor
+from frontends.context import FrontendContext, install
 from frontends.http.answers import end_json_with_newline, exception_handlers
 from frontends.http.openapi import document_errors, openapi_config
 from frontends.http.routes import route_handlers
 from frontends.longpoll.routes import poll
-from frontends.ws.handler import WebSocketProtocol, WsSettings, protocol_class
+from frontends.ws.handler import WebSocketProtocol, protocol_class
 from frontends.ws.routes import upgrade_required
 from jetchat.settings import FRONTENDS, Settings
 from jetstream import natspy, streams
@@ -146,11 +147,11 @@ class Services:
             ),
             social,
         )
-        await revocations.subscribe(chat.device_revoked)
+        await revocations.subscribe(chat.sessions.device_revoked)
         services = cls(settings, nc, js, pool, chat, history_store, closers)
         # forever: a watch whose iterator ends (the connection closed under it) is restarted
         services.supervisor.start("presence", chat.presence.run, forever=True)
-        services.supervisor.start("cursor-flush", chat.flush_cursors, forever=True)
+        services.supervisor.start("cursor-flush", chat.sessions.flush_cursors, forever=True)
         return services
 
     def start_archiver(
@@ -235,7 +236,8 @@ def healthz() -> dict[str, str]:
 async def readyz(state: State) -> Response[dict[str, object]]:
     """NATS, JetStream, Postgres and the history store answer, and no background worker has
     been down for long: this process can take traffic."""
-    services: Services = state.services
+    services = state.get("services")
+    assert isinstance(services, Services), "readyz before the lifespan started the services"
     checks = await services.ready()
     ok = all(v == "ok" for v in checks.values())
     return Response({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
@@ -277,12 +279,17 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = await Services.start(settings)
         app.state.services = services
-        app.state.supervisor = services.supervisor  # the WebSocket frontend's keepalive
-        app.state.chat = services.chat
-        app.state.longpolls = LongPolls(services.chat, settings.poll_timeout_s)
-        app.state.poll_timeout_s = settings.poll_timeout_s
-        app.state.ws_settings = WsSettings(
-            frozenset(o.strip() for o in settings.ws_allowed_origins.split(",") if o.strip())
+        install(
+            app.state,
+            FrontendContext(
+                chat=services.chat,
+                longpolls=LongPolls(services.chat, settings.poll_timeout_s),
+                supervisor=services.supervisor,
+                poll_timeout_s=settings.poll_timeout_s,
+                allowed_origins=frozenset(
+                    o.strip() for o in settings.ws_allowed_origins.split(",") if o.strip()
+                ),
+            ),
         )
         if settings.archiver:
             services.start_archiver()
@@ -290,7 +297,7 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
-            await services.chat.drain()
+            await services.chat.sessions.drain()
             await services.stop()
 
     app = Litestar(

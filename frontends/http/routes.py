@@ -29,6 +29,7 @@ from core.protocol import (
     Typing,
 )
 from frontends.auth import bearer_token
+from frontends.context import frontend_context
 from frontends.http.openapi import raises
 
 
@@ -55,13 +56,12 @@ class SendBody(msgspec.Struct, frozen=True):
 
 
 async def provide_device(request: Request[object, object, State]) -> Device:
-    chat: Chat = request.app.state.chat
+    chat = frontend_context(request.app.state).chat
     return await chat.accounts.authenticate(bearer_token(request))
 
 
 def provide_chat(state: State) -> Chat:
-    chat: Chat = state.chat
-    return chat
+    return frontend_context(state).chat
 
 
 class AccountsController(Controller):

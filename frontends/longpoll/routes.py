@@ -21,7 +21,7 @@ from core.close import CloseCode
 from core.errors import ErrorCode
 from core.model import Device
 from core.protocol import PollFrame
-from core.session import LongPolls
+from frontends.context import frontend_context
 from frontends.http.openapi import raises
 from frontends.http.routes import provide_device
 
@@ -85,8 +85,8 @@ async def poll(
     timeout: float | None = None,
     protocol: int = 1,
 ) -> Response[bytes]:
-    longpolls: LongPolls = request.app.state.longpolls
-    cap: float = request.app.state.poll_timeout_s
+    context = frontend_context(request.app.state)
+    longpolls, cap = context.longpolls, context.poll_timeout_s
     wait = cap if timeout is None else max(0.0, min(timeout, cap))
     transport = PollTransport()
     gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()

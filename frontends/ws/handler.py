@@ -32,12 +32,11 @@ from websockets.http11 import Request
 from websockets.protocol import State as WsState
 from websockets.server import ServerProtocol
 
-from core.chat import Chat
 from core.close import CloseCode
 from core.errors import ChatError, ErrorCode
 from core.session import DeviceSession
-from core.supervisor import Supervisor
 from frontends.auth import token_from
+from frontends.context import frontend_context
 from frontends.errors import error_body
 
 log = logging.getLogger(__name__)
@@ -48,15 +47,6 @@ CLOSE_TIMEOUT_S = 10.0
 _MAX_QUEUED_FRAMES = 16
 """Received frames waiting for the core before the socket stops being read (the core itself
 waits when a device has too many sends in flight)."""
-
-
-class WsSettings:
-    def __init__(self, allowed_origins: frozenset[str]) -> None:
-        self.allowed_origins = allowed_origins
-
-    def origin_allowed(self, origin: str | None) -> bool:
-        """Non-browser clients send no Origin. Browsers always do: only listed ones pass."""
-        return origin is None or "*" in self.allowed_origins or origin in self.allowed_origins
 
 
 class _Server:
@@ -78,8 +68,9 @@ class _Server:
             # One task for the process, under the supervisor (a bug in it used to stop the
             # pings until the next socket opened, with one log line; now it is restarted
             # and shows in the worker metrics and readiness).
-            supervisor: Supervisor = state.supervisor
-            supervisor.start("ws-keepalive", self._keepalive_loop, forever=True)
+            frontend_context(state).supervisor.start(
+                "ws-keepalive", self._keepalive_loop, forever=True
+            )
 
     def opened(self, sock: WebSocketProtocol) -> None:
         self.open.add(sock)
@@ -288,10 +279,10 @@ class WebSocketProtocol(asyncio.Protocol):
             path, _, query = request.path.partition("?")
             if path != PATH:
                 raise ChatError(ErrorCode.NOT_FOUND, f"no WebSocket endpoint here; use {PATH}")
-            ws_settings: WsSettings = state.ws_settings
-            if not ws_settings.origin_allowed(request.headers.get("Origin")):
+            context = frontend_context(state)
+            if not context.origin_allowed(request.headers.get("Origin")):
                 raise ChatError(ErrorCode.FORBIDDEN_ORIGIN, "origin not allowed")
-            chat: Chat = state.chat
+            chat = context.chat
             token = token_from(request.headers.get("Authorization", ""), query)
             device = await chat.accounts.authenticate(token)
         except ChatError as err:

@@ -159,7 +159,9 @@ async def test_the_flush_worker_stores_acked_positions_while_connections_stay_op
     chat, _, accounts = make_chat(Limits(cursor_flush_s=0))
     for n in ("alice", "bob"):
         await accounts.create_user(User(n, n, "x", 0))
-    flusher = asyncio.ensure_future(chat.flush_cursors())  # the supervisor runs it in the app
+    flusher = asyncio.ensure_future(
+        chat.sessions.flush_cursors()
+    )  # the supervisor runs it in the app
     t = FakeTransport()
     conn = DeviceSession(chat, device("bob"), t)
     try:
