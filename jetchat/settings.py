@@ -25,6 +25,10 @@ from msgspec.inspect import Field, Metadata
 from core.chat import Limits
 from jetstream.streams import DAY_S, JetStreamSettings
 
+# Defaults of the settings that configure these two live there, once.
+_LIMITS = Limits()
+_JETSTREAM = JetStreamSettings()
+
 _SECRET_FIELDS = {"postgres_dsn", "nats_url"}
 MAX_GROUP_MEMBERS = 500
 """Fanout copies a group message into every member's inbox (docs/architecture.md)."""
@@ -119,57 +123,63 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_message_chars: Annotated[
         Count,
         doc("longest message text, in characters (WebSocket frames: 4 x this + 4096 bytes)"),
-    ] = 100_000
+    ] = _LIMITS.max_message_chars
     replay_batch: Annotated[
         Count, doc("inbox messages per read while catching up (and per long-poll answer)")
-    ] = 4096
+    ] = _LIMITS.replay_batch
     replay_bytes: Annotated[
         Count,
         doc("bytes of messages per such read (a replaying connection holds about twice this)"),
-    ] = 1 << 20
+    ] = _LIMITS.replay_bytes
     msgs_frame_bytes: Annotated[
         Count, doc("longest msgs frame (several messages in one frame; protocol 2)")
-    ] = 64 << 10
+    ] = _LIMITS.msgs_frame_bytes
     live_buffer: Annotated[
         Count, doc("live messages held per connection while it replays or lags")
-    ] = 1024
+    ] = _LIMITS.live_buffer
     outbox_bytes: Annotated[
         Count, doc("bytes of frames queued per connection before producers wait")
-    ] = 1 << 20
+    ] = _LIMITS.outbox_bytes
     send_timeout_s: Annotated[
         Seconds, doc("a client that takes no frame for this long is closed (4008)")
-    ] = 10.0
+    ] = _LIMITS.send_timeout_s
     close_timeout_s: Annotated[
         Seconds, doc("how long a close frame may wait behind frames the client has not read")
-    ] = 10.0
+    ] = _LIMITS.close_timeout_s
     max_inflight_sends: Annotated[
         Count, doc("queued sends per connection before the server stops reading it")
-    ] = 256
-    cursor_flush_s: Annotated[Seconds, doc("how often devices' acked positions are saved")] = 1.0
+    ] = _LIMITS.max_inflight_sends
+    cursor_flush_s: Annotated[Seconds, doc("how often devices' acked positions are saved")] = (
+        _LIMITS.cursor_flush_s
+    )
     typing_per_s: Annotated[
         float, Meta(gt=0), doc("typing events a device may send per second on average")
-    ] = 1.0
-    typing_burst: Annotated[Count, doc("typing events a device may send at once")] = 5
+    ] = _LIMITS.typing_per_s
+    typing_burst: Annotated[Count, doc("typing events a device may send at once")] = (
+        _LIMITS.typing_burst
+    )
 
     # JetStream (see jetstream.streams.JetStreamSettings)
-    inbox_retention_s: Annotated[Seconds, doc("how long inboxes keep messages")] = 30 * DAY_S
+    inbox_retention_s: Annotated[Seconds, doc("how long inboxes keep messages")] = (
+        _JETSTREAM.inbox_retention_s
+    )
     duplicate_window_s: Annotated[
         Seconds, doc("JetStream de-duplication window of inbox writes")
-    ] = 120.0
+    ] = _JETSTREAM.duplicate_window_s
     replicas: Annotated[
         int, Meta(ge=1, le=5), doc("replicas of the stream and buckets (3 on a cluster)")
-    ] = 1
+    ] = _JETSTREAM.replicas
     sends_ttl_s: Annotated[Seconds, doc("how long a resent message gets the original result")] = (
-        DAY_S
+        _JETSTREAM.sends_ttl_s
     )
     presence_ttl_s: Annotated[
         Seconds, doc("a device counts as online this long after its last heartbeat")
-    ] = 60.0
+    ] = _JETSTREAM.presence_ttl_s
     """Clients send ``ping`` every 30 s; a dropped connection flips nothing before it runs
     out."""
     publish_timeout_s: Annotated[
         Seconds, doc("longest wait for JetStream to acknowledge a write")
-    ] = 5.0
+    ] = _JETSTREAM.publish_timeout_s
 
     # groups
     max_group_members: Annotated[
@@ -183,7 +193,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     archiver_ack_wait_s: Annotated[
         Seconds,
         doc("a batch an archiver took and did not acknowledge in this time goes to another"),
-    ] = 30.0
+    ] = _JETSTREAM.archiver_ack_wait_s
     archiver_max_restarts: Annotated[
         Count,
         doc("jetchat archiver exits with status 1 after more failures than this in the window"),
