@@ -704,3 +704,24 @@ class LongPolls:
 
 def _cost(sent: Unacked) -> int:
     return 1 + (len(sent.heads) if sent.heads else 0)
+
+
+class PollTransport:
+    """:class:`core.ports.Transport` for one poll: the frames of its answer, in order. Sending
+    never waits (the answer is bounded by the core: one inbox page and the events that came
+    meanwhile), and there is nothing to close: the poll ends with its answer."""
+
+    __slots__ = ("frames",)
+    kind = "longpoll"
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+
+    async def send(self, frame: str) -> None:
+        self.frames.append(frame)
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass

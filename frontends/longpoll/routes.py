@@ -17,10 +17,10 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
 
-from core.close import CloseCode
 from core.errors import ErrorCode
 from core.model import Device
 from core.protocol import PollFrame
+from core.session import PollTransport
 from frontends.context import frontend_context
 from frontends.http.openapi import raises
 from frontends.http.routes import provide_device
@@ -32,27 +32,6 @@ class PollAnswer(msgspec.Struct, frozen=True):
 
     cursor: int
     frames: list[PollFrame]
-
-
-class PollTransport:
-    """:class:`core.ports.Transport` for one poll: the frames of its answer, in order. Sending
-    never waits (the answer is bounded by the core: one inbox page and the events that came
-    meanwhile), and there is nothing to close: the poll ends with its answer."""
-
-    __slots__ = ("frames",)
-    kind = "longpoll"
-
-    def __init__(self) -> None:
-        self.frames: list[str] = []
-
-    async def send(self, frame: str) -> None:
-        self.frames.append(frame)
-
-    async def close(self, code: CloseCode, reason: str) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
 
 @get(

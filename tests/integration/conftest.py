@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import nats
 import pytest
+from nats.aio.client import Client as NATS
 
 from devtools.jetchat_process import JetchatProcess
+from jetstream.streams import JetStreamSettings, ensure
 
 # Short intervals so tests never wait long; production defaults are in jetchat/settings.py.
 TEST_ENV = {
@@ -47,3 +50,12 @@ def spawn(nats_url: str, pg_dsn: str, tmp_path: Path) -> Iterator[Spawn]:
 @pytest.fixture
 def server(spawn: Spawn) -> JetchatProcess:
     return spawn()
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    """A NATS client of the session's server, with jetchat's streams and buckets made."""
+    client = await nats.connect(nats_url)
+    await ensure(client.jetstream(), JetStreamSettings())
+    yield client
+    await client.close()

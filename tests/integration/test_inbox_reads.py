@@ -4,9 +4,7 @@ follows, and the same answers whether the replies are parsed raw or by nats-py."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -14,17 +12,9 @@ from core.ports import InboxEntry
 from jetstream import natspy
 from jetstream.inbox import JetStreamInbox
 from jetstream.publisher import Publisher
-from jetstream.streams import JetStreamSettings, ensure
+from jetstream.streams import JetStreamSettings
 
 SETTINGS = JetStreamSettings()
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_url)
-    await ensure(client.jetstream(), SETTINGS)
-    yield client
-    await client.close()
 
 
 async def fill(nc: NATS, sizes: list[int]) -> list[bytes]:

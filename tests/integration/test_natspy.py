@@ -7,27 +7,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
 
-import nats
 import pytest
-from nats.aio.client import Client as NATS
 
 from core.ports import InboxEntry
 from jetstream import natspy
 from jetstream.inbox import JetStreamInbox
 from jetstream.publisher import Publisher
-from jetstream.streams import JetStreamSettings, ensure
+from jetstream.streams import JetStreamSettings
 
 SETTINGS = JetStreamSettings()
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_url)
-    await ensure(client.jetstream(), SETTINGS)
-    yield client
-    await client.close()
 
 
 async def test_the_installed_nats_py_has_every_shortcut(nc, caplog):

@@ -5,7 +5,6 @@ become ChatError UNAVAILABLE."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import nats
 import pytest
@@ -14,17 +13,9 @@ from nats.aio.client import Client as NATS
 from core.errors import ChatError, ErrorCode
 from jetstream.group_log import JetStreamGroupLog
 from jetstream.publisher import WRONG_LAST_SEQUENCE, Publisher, PublishError
-from jetstream.streams import JetStreamSettings, ensure
+from jetstream.streams import JetStreamSettings
 
 SETTINGS = JetStreamSettings()
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_url)
-    await ensure(client.jetstream(), SETTINGS)
-    yield client
-    await client.close()
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from core.model import (
 from core.ports import Clock, GroupChange, InboxEntry, InboxPage
 from core.presence import Presence
 from core.receipts import Receipts
+from core.session import PollTransport
 
 
 class FakeClock:
@@ -383,22 +384,7 @@ class FakeTransport:
         self.closed = (CloseCode.ABNORMAL, "aborted")
 
 
-class FakePollTransport:
-    """One long poll's answer: the frames sent, never waiting."""
-
-    kind = "longpoll"
-
-    def __init__(self) -> None:
-        self.frames: list[str] = []
-
-    async def send(self, frame: str) -> None:
-        self.frames.append(frame)
-
-    async def close(self, code: CloseCode, reason: str) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
+FakePollTransport = PollTransport  # the real one: it only collects frames
 
 
 def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAccounts]:
