@@ -64,6 +64,29 @@ class AccountStore(Protocol):
         ...
 
 
+class Refused(Exception):
+    """A history store will never store this message as it is: the store's answer to the value
+    itself (Postgres refusing a NUL in text or a key too long for its index, a constraint
+    violated, Cassandra's InvalidRequest, the driver unable to encode a value), not to the
+    store's state. Writing it again, now or in an hour, fails the same way, so the archiver
+    parks the message instead of retrying it (core/archive.py).
+
+    Every other exception of :meth:`HistoryStore.write` means "maybe later" (connection lost,
+    timeout, not enough replicas, overload) and is retried.
+
+    ``message_id``: the refused message, or "" when the store cannot tell which message of a
+    batch it was (Postgres writes a batch in one statement); a write of one message names it.
+    ``reason``: the store's error, short (one line, at most :data:`REASON_CHARS`) and without
+    the message's text, so that it may be logged and kept next to the parked message."""
+
+    REASON_CHARS = 200
+
+    def __init__(self, message_id: str, reason: str) -> None:
+        self.message_id = message_id
+        self.reason = (reason.splitlines() or [""])[0][: self.REASON_CHARS]
+        super().__init__(message_id, self.reason)
+
+
 class HistoryStore(Protocol):
     """History kept forever: Cassandra in production, Postgres in the embedded default. Both
     pass the same contract tests (tests/integration/test_history_contract.py).
@@ -75,7 +98,11 @@ class HistoryStore(Protocol):
         """Store messages and update each participant's conversation list. Idempotent: a
         message already stored (same conversation and id) overwrites itself, never
         duplicates, so a batch may be replayed whole after a crash. Each message is atomic on
-        its own; a batch is not (after a failure any subset may be stored: replay it)."""
+        its own; a batch is not (after a failure any subset may be stored: replay it).
+
+        Raises :class:`Refused` when a message of the batch can never be stored (the rest of
+        the batch may or may not be: write them again without it); any other exception is
+        worth retrying."""
         ...
 
     async def page(
@@ -254,10 +281,24 @@ class InboxPage(msgspec.Struct, frozen=True):
 
 class InboxCopy(msgspec.Struct, frozen=True, gc=False):
     """One copy of a message in ``user``'s inbox, as a durable consumer of the inboxes (the
-    archiver; the push worker) receives it: ``data`` is the stored message, undecoded."""
+    archiver; the push worker) receives it: ``data`` is the stored message, undecoded;
+    ``seq`` its inbox stream sequence (0: not known)."""
 
     user: str
     data: bytes
+    seq: int = 0
+
+
+class DeadLetters(Protocol):
+    """Where the archiver parks inbox messages the history store refused for good, for an
+    operator to look at (JetStream stream ``CHAT_DEAD``; docs/operations.md)."""
+
+    async def park(self, copy: InboxCopy, message_id: str, reason: str) -> None:
+        """Keep the copy's bytes with the reason, its inbox sequence and the message id.
+        Returns only once the entry is durable (JetStream acknowledged it); raises otherwise,
+        and then the caller must not acknowledge the original. Parking the same copy again
+        (a redelivery after a crash) within the stream's duplicate window stores it once."""
+        ...
 
 
 Item_contra = TypeVar("Item_contra", contravariant=True)

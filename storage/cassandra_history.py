@@ -40,6 +40,11 @@ Two of a partition's three replicas down: its reads and writes fail (UNAVAILABLE
 acknowledged is lost, and the archiver retries from JetStream (writes are idempotent). On one
 node with replication factor 1 (tests, development) LOCAL_QUORUM is that one node.
 
+Refusals. A write Cassandra refuses for its values (InvalidRequest: a partition key over
+64 KiB, a batch over the server's size limit) or that the driver cannot encode raises
+:class:`core.ports.Refused`; every other error (Unavailable, WriteTimeout, OperationTimedOut,
+NoHostAvailable, Overloaded) may pass later and is raised as it is, for the archiver to retry.
+
 Async: the driver's ``execute_async`` futures complete on its I/O thread; :func:`_run` hands
 each result to the event loop with ``call_soon_threadsafe``, so no call blocks the loop.
 """
@@ -52,7 +57,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
-from cassandra import ConsistencyLevel
+from cassandra import ConsistencyLevel, InvalidRequest
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
@@ -72,6 +77,7 @@ from core.model import (
     message_from_row,
     message_row,
 )
+from core.ports import Refused
 
 __all__ = [
     "DEFAULT_BUCKET_MS",
@@ -119,6 +125,22 @@ conversations of the last bucket span, so their writes skip the index round trip
 
 BUCKET_SCAN = 64
 """Bucket index rows read at a time while paging."""
+
+_DRIVER_BIND_ERROR = "Received an argument of invalid type"
+"""How the driver's TypeError starts when it cannot encode a bound value (a number out of
+range, say): a value refused, not a bug of ours, whose TypeErrors read otherwise."""
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why Cassandra will never take this write, or None if it may take it later."""
+    if isinstance(exc, InvalidRequest) or (
+        isinstance(exc, TypeError) and str(exc).startswith(_DRIVER_BIND_ERROR)
+    ):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, UnicodeEncodeError):
+        return f"UnicodeEncodeError: {exc.reason}"
+    return None
+
 
 _KEYSPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -382,6 +404,15 @@ class CassandraHistoryStore:
     async def write(self, messages: Sequence[ChatMessage]) -> None:
         if not messages:
             return
+        try:
+            await self._write(messages)
+        except (InvalidRequest, TypeError, UnicodeEncodeError) as exc:
+            reason = refusal(exc)
+            if reason is None:
+                raise
+            raise Refused(messages[0].id if len(messages) == 1 else "", reason) from exc
+
+    async def _write(self, messages: Sequence[ChatMessage]) -> None:
         partitions: dict[tuple[str, int], dict[str, ChatMessage]] = defaultdict(dict)
         latest: dict[tuple[str, str], ChatMessage] = {}
         for m in messages:

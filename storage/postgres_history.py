@@ -3,11 +3,17 @@
 One table, primary key ``(conv, id)``: a conversation's messages sit together in the index in id
 order, so every page is one index range scan. Writes are ``ON CONFLICT DO NOTHING``: a replayed
 batch changes nothing.
+
+A batch is one transaction: refused (:class:`core.ports.Refused`) when Postgres refuses one of
+its values, which one unsaid (the archiver finds it by writing them one by one). Refusals are
+the errors about the data, not the server: see :func:`refusal`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import psycopg
 
 from core.model import (
     HISTORY_COLUMNS,
@@ -16,9 +22,31 @@ from core.model import (
     conversation_members,
     message_from_row,
 )
+from core.ports import Refused
 from storage.postgres import Pool
 
 _COLUMNS = HISTORY_COLUMNS
+
+REFUSED_SQLSTATE_CLASSES = ("22", "23", "54")
+"""Data exception (a NUL in text, a number out of range: psycopg raises these before sending,
+too), integrity constraint violation, program limit exceeded (a key too long for its index):
+the same values fail the same way every time. Every other error (connection, 08; lock or
+serialisation conflict, 40; server shutting down, 57; out of resources, 53) may pass later."""
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why Postgres will never take this write, or None if it may take it later. The reason
+    is the error's class and its first line (never the DETAIL, which may quote the row)."""
+    if isinstance(exc, UnicodeEncodeError):  # text the connection's encoding cannot hold
+        return f"UnicodeEncodeError: {exc.reason}"
+    if not isinstance(exc, psycopg.Error):
+        return None
+    refused = isinstance(exc, psycopg.DataError | psycopg.IntegrityError) or (
+        exc.sqlstate or ""
+    ).startswith(REFUSED_SQLSTATE_CLASSES)
+    if not refused:
+        return None
+    return f"{type(exc).__name__}: {exc.diag.message_primary or str(exc)}"
 
 
 class PostgresHistoryStore:
@@ -28,6 +56,15 @@ class PostgresHistoryStore:
     async def write(self, messages: Sequence[ChatMessage]) -> None:
         if not messages:
             return
+        try:
+            await self._write(messages)
+        except (psycopg.Error, UnicodeEncodeError) as exc:
+            reason = refusal(exc)
+            if reason is None:
+                raise
+            raise Refused(messages[0].id if len(messages) == 1 else "", reason) from exc
+
+    async def _write(self, messages: Sequence[ChatMessage]) -> None:
         latest: dict[tuple[str, str], ChatMessage] = {}
         for m in messages:
             for user in conversation_members(m.conv):

@@ -4,6 +4,7 @@ default) and Cassandra (production), both real servers."""
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -12,7 +13,7 @@ from helpers import CONV, T0, msg
 from core.errors import ChatError
 from core.history import FIRST_ID, MAX_PAGE, History
 from core.model import ChatMessage, dm_conversation
-from core.ports import HistoryStore
+from core.ports import HistoryStore, Refused
 from storage.postgres import open_pool
 from storage.postgres_history import PostgresHistoryStore
 
@@ -175,3 +176,25 @@ async def test_every_field_round_trips_group_events_included(store: HistoryStore
     assert await store.get(conv, event.id) == event
     assert await store.page(conv, limit=5) == [event]
     assert await store.get(CONV, plain.id) == plain
+
+
+async def test_a_message_the_store_can_never_hold_is_refused_and_the_rest_still_written(
+    store: HistoryStore, backend: tuple[str, object]
+):
+    # a conversation key over Cassandra's 64 KiB key limit and Postgres's index row limit
+    # (random, so that Postgres cannot compress it under the limit)
+    huge = msg(dm_conversation(secrets.token_hex(35_000), "bob"), T0)
+    refused = [huge]
+    if backend[0] == "postgres":
+        refused.append(msg(CONV, T0 + 1, text="a\0b"))  # Postgres text holds no NUL
+    good = msg(CONV, T0 + 2)
+    for bad in refused:
+        with pytest.raises(Refused) as info:
+            await store.write([bad])
+        assert info.value.message_id == bad.id  # one message: named
+        assert "\0" not in info.value.reason and len(info.value.reason) <= Refused.REASON_CHARS
+        with pytest.raises(Refused):
+            await store.write([good, bad])
+    await store.write([good])
+    assert await store.get(CONV, good.id) == good
+    assert [c.last_id for c in await store.conversations("bob", 10)] == [good.id]
