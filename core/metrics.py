@@ -16,6 +16,10 @@ DELIVERED = Counter(
     "jetchat_messages_delivered_total", "Inbox messages handed to clients' connections to send"
 )
 ARCHIVED = Counter("jetchat_archived_messages_total", "Messages written to the history store")
+HISTORY_PARKED = Counter(
+    "jetchat_history_parked_total",
+    "Messages the history store refused for good, parked in the dead-letter stream CHAT_DEAD",
+)
 ARCHIVER_LAG = Gauge(
     "jetchat_archiver_lag_messages",
     "Inbox messages not yet archived (pending + unacknowledged on the archiver consumer)",

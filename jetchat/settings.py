@@ -204,6 +204,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     archiver_restart_window_s: Annotated[
         Seconds, doc("the window in which jetchat archiver counts its failures")
     ] = 600.0
+    dead_retention_s: Annotated[
+        Seconds, doc("how long the dead-letter stream keeps messages history refused")
+    ] = _JETSTREAM.dead_retention_s
     cassandra_hosts: Annotated[
         str, doc("Cassandra contact points, comma-separated; empty: history goes to Postgres")
     ] = ""

@@ -2,8 +2,9 @@
 by the consumer runner with the core's handler (core/archive.py), and its lag.
 
 Any number of archivers may run: they pull from one durable consumer and share the work. The
-runner acknowledges a batch only after the handler wrote it; the supervisor restarts the runner
-when it fails. The lag is read from the consumer's state on the server by a worker of its own,
+runner acknowledges a batch only after the handler wrote it (and parked what the store refused
+in the dead-letter stream, :class:`DeadLetterStream`); the supervisor restarts the runner when
+it fails. The lag is read from the consumer's state on the server by a worker of its own,
 so the gauge keeps telling the truth while the archiver is down (it used to be reported by a
 task inside the archiver, and read 0 once that died).
 """
@@ -56,9 +57,43 @@ async def report_lag(js: JetStreamContext, s: JetStreamSettings) -> None:
 
 
 def inbox_copy(msg: Msg) -> InboxCopy:
-    """The core's view of an inbox message: whose inbox (the subject's last token), and the
-    stored bytes."""
-    return InboxCopy(msg.subject.rpartition(".")[2], msg.data)
+    """The core's view of an inbox message: whose inbox (the subject's last token), the
+    stored bytes and its stream sequence."""
+    return InboxCopy(msg.subject.rpartition(".")[2], msg.data, msg.metadata.sequence.stream)
+
+
+class DeadLetterStream:
+    """Implements ``core.ports.DeadLetters`` on the stream ``CHAT_DEAD``: one entry per parked
+    message, its data the inbox message's bytes as stored (JSON, as ``nats stream get`` shows
+    them), its headers what an operator needs to decide (docs/operations.md):
+
+    - ``Jetchat-Reason``: the store's error, one line, never the text;
+    - ``Jetchat-Message-Id``: the message's id (its conversation is in the data);
+    - ``Jetchat-Inbox-Seq`` and ``Jetchat-Inbox-Subject``: the copy parked, in ``CHAT_INBOX``
+      (while the inbox keeps it);
+    - ``Nats-Msg-Id``: ``history.<inbox seq>``, so parking it again after a crash within the
+      duplicate window stores nothing new."""
+
+    def __init__(self, js: JetStreamContext, s: JetStreamSettings) -> None:
+        self._js = js
+        self._s = s
+
+    async def park(self, copy: InboxCopy, message_id: str, reason: str) -> None:
+        headers = {
+            "Jetchat-Reason": reason,
+            "Jetchat-Message-Id": message_id,
+            "Jetchat-Inbox-Seq": str(copy.seq),
+            "Jetchat-Inbox-Subject": f"{self._s.inbox_subject}.{copy.user}",
+        }
+        if copy.seq:
+            headers["Nats-Msg-Id"] = f"history.{copy.seq}"
+        await self._js.publish(
+            self._s.dead_subject,
+            copy.data,
+            timeout=self._s.publish_timeout_s,
+            stream=self._s.dead_stream,
+            headers=headers,
+        )
 
 
 def archiver(
@@ -71,6 +106,6 @@ def archiver(
         s.inbox_stream,
         archiver_consumer_config(s),
         inbox_copy,
-        Archiver(store),
+        Archiver(store, DeadLetterStream(js, s)),
         batch=batch,
     )

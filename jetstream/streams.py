@@ -17,7 +17,11 @@ Operators see these with the ``nats`` CLI (docs/operations.md):
   the presence TTL with an expiry marker that watchers see. ``chat_last_seen``: ``<user>``.
 - durable consumer ``archiver`` on ``CHAT_INBOX``: the history archiver's position. Every
   archiver process pulls from it, so they share the work; a message is acknowledged only after
-  the history store has it.
+  the history store has it, or after it was parked in ``CHAT_DEAD``.
+- stream ``CHAT_DEAD``, subject ``chat.dead.history``: inbox messages the history store
+  refused for good (core/archive.py), for an operator to look at: the original bytes, with
+  headers ``Jetchat-Reason``, ``Jetchat-Message-Id``, ``Jetchat-Inbox-Seq`` and
+  ``Jetchat-Inbox-Subject`` (jetstream/archiver.py).
 """
 
 from __future__ import annotations
@@ -70,6 +74,12 @@ class JetStreamSettings(msgspec.Struct, frozen=True):
     archiver_ack_wait_s: float = 30.0
     """A batch not acknowledged in this time (its archiver died) is delivered again."""
     archiver_max_ack_pending: int = 20_000
+    dead_stream: str = "CHAT_DEAD"
+    dead_subject: str = "chat.dead.history"
+    dead_retention_s: float = 90 * DAY_S
+    """How long a parked message is kept for an operator to look at: longer than the inbox,
+    so a refusal noticed late (a weekly look at ``jetchat_history_parked_total``) still has
+    its message."""
 
 
 def inbox_stream_config(s: JetStreamSettings) -> StreamConfig:
@@ -114,9 +124,24 @@ def groups_stream_config(s: JetStreamSettings) -> StreamConfig:
     )
 
 
+def dead_stream_config(s: JetStreamSettings) -> StreamConfig:
+    return StreamConfig(
+        name=s.dead_stream,
+        description="jetchat dead letters: inbox messages the history store refused for good",
+        subjects=[s.dead_subject],
+        storage=StorageType.FILE,
+        max_age=s.dead_retention_s,
+        discard=DiscardPolicy.OLD,
+        # a park repeated after a crash (same Nats-Msg-Id) is stored once
+        duplicate_window=min(s.duplicate_window_s, s.dead_retention_s),
+        num_replicas=s.replicas,
+        allow_direct=True,
+    )
+
+
 async def ensure(js: JetStreamContext, s: JetStreamSettings) -> None:
     """Create or update the streams and buckets; safe to run from many processes at once."""
-    for config in (inbox_stream_config(s), groups_stream_config(s)):
+    for config in (inbox_stream_config(s), groups_stream_config(s), dead_stream_config(s)):
         try:
             await js.add_stream(config)
         except BadRequestError:  # exists with another config: bring it to ours

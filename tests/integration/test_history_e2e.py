@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import httpx
 import msgspec
@@ -18,6 +19,8 @@ from helpers import device, new_user
 
 from core.model import ChatMessage, dm_conversation
 from jetchat_client import ApiError, ChatClient, send_http
+from jetstream.archiver import archiver_lag
+from jetstream.streams import JetStreamSettings
 
 
 async def postgres_count(pg_dsn: str) -> int:
@@ -212,3 +215,59 @@ async def test_archiver_lag_command_and_metric(server, nats_url):
         metrics = (await http.get("/metrics")).text
     assert "jetchat_archived_messages_total 1.0" in metrics
     assert "jetchat_archiver_lag_messages" in metrics
+
+
+async def test_a_message_postgres_refuses_is_parked_and_history_flows_on(server, nats_url, pg_dsn):
+    # issue 13: one message with a NUL in its text stopped history for everyone
+    url = server.base_url
+    alice, bob = await new_user(url, "alice"), await new_user(url, "bob")
+    token = await device(url, alice)
+    now = int(time.time() * 1000)
+    poisoned = ChatMessage(
+        id=f"{now:012x}0000abcdef01",
+        conv=dm_conversation(alice, bob),
+        sender=alice,
+        sender_device="d",
+        to=bob,
+        text="a\u0000b",
+        ts=now,
+        client_id="poisoned",
+    )
+    data = msgspec.json.encode(poisoned)
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        # both inbox copies, as the publisher writes them; the archiver keeps bob's
+        bob_seq = (await js.publish(f"chat.inbox.{bob}", data)).seq
+        await js.publish(f"chat.inbox.{alice}", data)
+        for i in range(100):
+            await send_http(url, token, bob, f"after {i}", f"after-{i}")
+        async with asyncio.timeout(30):
+            while await postgres_count(pg_dsn) < 100:
+                await asyncio.sleep(0.05)
+            while (lag := await archiver_lag(js, JetStreamSettings())).total:
+                await asyncio.sleep(0.05)
+        assert await postgres_count(pg_dsn) == 100
+        assert lag.archived_up_to == (await js.stream_info("CHAT_INBOX")).state.last_seq
+
+        assert (await js.stream_info("CHAT_DEAD")).state.messages == 1
+        parked = await js.get_msg("CHAT_DEAD", seq=1)
+        assert parked.subject == "chat.dead.history"
+        assert parked.data == data  # the inbox message's bytes, as stored
+        headers = parked.headers or {}
+        assert headers["Jetchat-Message-Id"] == poisoned.id
+        assert headers["Jetchat-Inbox-Seq"] == str(bob_seq)
+        assert headers["Jetchat-Inbox-Subject"] == f"chat.inbox.{bob}"
+        assert headers["Jetchat-Reason"].startswith(
+            "DataError: PostgreSQL text fields cannot contain NUL"
+        )
+    finally:
+        await nc.close()
+    async with httpx.AsyncClient(base_url=url) as http:
+        metrics = (await http.get("/metrics")).text
+    assert "jetchat_history_parked_total 1.0" in metrics
+    assert "jetchat_archived_messages_total 100.0" in metrics
+    log = server.log_path.read_text()
+    [parked_line] = [line for line in log.splitlines() if "parked" in line]
+    assert poisoned.id in parked_line and "NUL" in parked_line
+    assert "a\\u0000b" not in log and "a\u0000b" not in log  # never the text
