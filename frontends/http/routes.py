@@ -67,8 +67,9 @@ def provide_chat(state: State) -> Chat:
 def client_address(request: Request[object, object, State]) -> str:
     """The peer's address, for the limits per address. Behind a reverse proxy every client
     would share the proxy's: such a deployment needs the proxy's forwarded header trusted
-    from the proxy alone (uvicorn's ``--forwarded-allow-ips``); jetchat never believes an
-    ``X-Forwarded-For`` of its own accord, which any client can write."""
+    from the proxy's address alone (a setting jetchat does not have yet). jetchat never
+    believes an ``X-Forwarded-For`` by default (jetchat/cli.py turns uvicorn's off): any
+    client can write one."""
     return request.client.host if request.client is not None else ""
 
 

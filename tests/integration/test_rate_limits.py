@@ -161,3 +161,17 @@ async def test_polls_per_device_in_process(spawn):
         resp = await http.get("/v1/poll?timeout=0", headers=auth)
         assert resp.status_code == 429 and resp.json()["code"] == "rate_limited"
         assert 1 <= int(resp.headers["retry-after"]) <= 30
+
+
+async def test_sign_ups_per_address_ignore_forwarded_headers(spawn):
+    server = spawn(signups_per_address="2")
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        for i in range(3):
+            resp = await http.post(
+                "/v1/accounts",
+                json={"username": f"carol_{i}", "password": PASSWORD},
+                headers={"x-forwarded-for": f"203.0.113.{i}"},  # any client can write it
+            )
+            assert resp.status_code == (201 if i < 2 else 429), resp.text
+        assert resp.json()["code"] == "rate_limited"
+        assert 1_000 <= int(resp.headers["retry-after"]) <= 1_800  # one sign-up per 30 min
