@@ -10,6 +10,7 @@ import msgspec
 from core.errors import ChatError, ErrorCode
 from core.identifiers import USER_ID_RE
 from core.ids import new_device_id, new_token, token_hash
+from core.limits import RateLimits
 from core.model import Device, User
 from core.ports import AccountStore, Clock, RevocationBus
 
@@ -45,9 +46,15 @@ class Accounts:
     against the store, so a revocation takes effect at once on every process."""
 
     def __init__(
-        self, store: AccountStore, clock: Clock, token_ttl_s: int, revocations: RevocationBus
+        self,
+        store: AccountStore,
+        clock: Clock,
+        token_ttl_s: int,
+        revocations: RevocationBus,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self._store = store
+        self._limits = rate_limits  # None: not limited (tests of other rules)
         self._revocations = revocations
         self._clock = clock
         self._token_ttl_ms = token_ttl_s * 1000
@@ -56,7 +63,10 @@ class Accounts:
         # password" equally slow, so response times do not reveal which handles exist.
         self._dummy_hash = self._hasher.hash("not a real password")
 
-    async def sign_up(self, user_id: str, password: str, display_name: str = "") -> Profile:
+    async def sign_up(
+        self, user_id: str, password: str, display_name: str = "", address: str = ""
+    ) -> Profile:
+        """``address``: the client's, for the sign-ups-per-address limit."""
         if not USER_ID_RE.fullmatch(user_id):
             raise ChatError(
                 ErrorCode.INVALID_ARGUMENT,
@@ -65,21 +75,35 @@ class Accounts:
         _check_password(password)
         if len(display_name) > MAX_DISPLAY_NAME_CHARS:
             raise ChatError(ErrorCode.INVALID_ARGUMENT, "display_name is too long")
+        if self._limits is not None:  # only well-formed sign-ups count
+            await self._limits.sign_up(address)
         password_hash = await asyncio.to_thread(self._hasher.hash, password)
         user = User(user_id, display_name or user_id, password_hash, self._clock.now_ms())
         if not await self._store.create_user(user):
             raise ChatError(ErrorCode.USERNAME_TAKEN, f"username {user_id!r} is taken")
         return Profile(user.id, user.display_name, user.created_at)
 
-    async def log_in(self, user_id: str, password: str, device_name: str = "") -> Login:
+    async def log_in(
+        self, user_id: str, password: str, device_name: str = "", address: str = ""
+    ) -> Login:
+        """``address``: the client's. Failures lock the account and the address out for a
+        while (core/limits.py), checked before the password is; a success forgets the
+        account's failures."""
         if len(password) > MAX_PASSWORD_CHARS or len(device_name) > MAX_DEVICE_NAME_CHARS:
             raise ChatError(ErrorCode.INVALID_ARGUMENT, "password or device name too long")
+        limits = self._limits
+        if limits is not None:
+            await limits.check_login(user_id, address)
         user = await self._store.get_user(user_id) if USER_ID_RE.fullmatch(user_id) else None
         ok = await asyncio.to_thread(
             self._verify, user.password_hash if user else self._dummy_hash, password
         )
         if user is None or not ok:
+            if limits is not None:
+                await limits.login_failed(user_id, address)
             raise ChatError(ErrorCode.BAD_CREDENTIALS, "wrong username or password")
+        if limits is not None:
+            await limits.login_succeeded(user.id)
         token = new_token()
         now = self._clock.now_ms()
         device = Device(

@@ -8,6 +8,7 @@ from core.accounts import Accounts
 from core.events import Events
 from core.groups import Groups
 from core.history import History
+from core.limits import RateLimits
 from core.messaging import Messaging
 from core.ports import Clock, CursorStore, InboxLog, SocialStore
 from core.presence import Presence
@@ -48,9 +49,6 @@ class Limits(msgspec.Struct, frozen=True):
     """Send frames queued per connection before the server stops reading from it."""
     cursor_flush_s: float = 1.0
     """How often a device's acked position is written to the cursor store (and on close)."""
-    typing_per_s: float = 1.0
-    """Typing events a device may send per second on average (beyond: dropped)."""
-    typing_burst: int = 5
 
 
 class Chat:
@@ -72,6 +70,7 @@ class Chat:
         receipts: Receipts,
         presence: Presence,
         social: SocialStore,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.accounts = accounts
         self.messaging = messaging
@@ -85,6 +84,9 @@ class Chat:
         self.inbox = inbox
         self.cursors = cursors
         self.limits = limits
+        self.rate_limits = rate_limits
+        """Connections per user and polls per device (None: not limited, for tests); the
+        use cases hold the same object for their own limits."""
         self.sessions = LocalSessions(limits.cursor_flush_s)
 
     async def revoke(self, user: str, device: str) -> None:

@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_RECIPIENT = "unknown_recipient"
     RESYNC_NEEDED = "resync_needed"
     SLOW_CONSUMER = "slow_consumer"
+    RATE_LIMITED = "rate_limited"  # beyond a rate limit; retry_after_ms says when to retry
     UNAVAILABLE = "unavailable"  # a backend (NATS, Postgres) did not answer in time; retry
     INTERNAL = "internal"
 
@@ -40,10 +41,13 @@ class ErrorCode(StrEnum):
 class ChatError(Exception):
     """A failure with a documented code; safe to show to the client."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_ms = retry_after_ms
+        """When retrying may succeed (``rate_limited``): HTTP's Retry-After, a frame's
+        ``retry_after_ms``."""
 
     def __repr__(self) -> str:
         return f"ChatError({self.code.value!r}, {self.message!r})"

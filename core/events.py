@@ -3,44 +3,21 @@ notices too. Never stored: a device that is not connected never sees them."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import msgspec
 
-from core import metrics
 from core.errors import ChatError, ErrorCode
 from core.identifiers import conversation_members, group_id_of, names_dm, names_group
+from core.limits import RateLimits
 from core.ports import Clock, GroupStore, InboxLog
 from core.protocol import TypingEvent
 
 TYPING_SHOWN_MS = 5_000
 """How long a client shows "typing…" after a start event unless another one refreshes it
 (clients send start again every few seconds while the user types)."""
-_MAX_BUCKETS = 100_000
 _MEMBERS_CACHE_GROUPS = 10_000
 _MEMBERS_CACHE_S = 5.0
 """Group members are cached this long for typing; a member added or removed meanwhile is
 missed or still told for up to this long, which is fine for an indicator."""
-
-
-class TokenBucket:
-    """``rate`` events per second on average, bursts of ``burst``; the clock is injected."""
-
-    def __init__(self, clock: Clock, rate: float, burst: int) -> None:
-        self._clock = clock
-        self._rate = rate / 1000  # per ms
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._at = clock.now_ms()
-
-    def take(self) -> bool:
-        now = self._clock.now_ms()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
 
 
 class Events:
@@ -49,17 +26,14 @@ class Events:
         inbox: InboxLog,
         groups: GroupStore,
         clock: Clock,
-        typing_per_s: float,
-        typing_burst: int,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self._inbox = inbox
         self._groups = groups
         self._clock = clock
-        self._rate, self._burst = typing_per_s, typing_burst
+        # typing per device, shared by every process (None: not limited, for tests)
+        self._limits = rate_limits
         self._members: dict[str, tuple[float, list[str]]] = {}
-        # per device, in this process (a device spread over several processes gets each
-        # process's budget; fine for an indicator); the least recently used are forgotten
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     async def members(self, user: str, conv: str, *, fresh: bool = False) -> list[str]:
         """The conversation's members, if ``user`` is one (else ChatError FORBIDDEN).
@@ -89,15 +63,8 @@ class Events:
         """Tell the other members; beyond the device's rate, dropped (and counted)."""
         if state not in ("start", "stop"):
             raise ChatError(ErrorCode.INVALID_ARGUMENT, 'state is "start" or "stop"')
-        bucket = self._buckets.pop(device, None) or TokenBucket(
-            self._clock, self._rate, self._burst
-        )
-        self._buckets[device] = bucket
-        if len(self._buckets) > _MAX_BUCKETS:
-            self._buckets.popitem(last=False)
-        if not bucket.take():
-            metrics.EVENTS_DROPPED.labels("typing_rate").inc()
-            return
+        if self._limits is not None and not await self._limits.typing(device):
+            return  # dropped silently (and counted): an indicator is not worth an error
         others = [m for m in await self.members(user, conv) if m != user]
         event = TypingEvent(conv, user, state, TYPING_SHOWN_MS if state == "start" else 0)
         await self._inbox.notify(others, msgspec.json.encode(event))

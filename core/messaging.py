@@ -14,6 +14,7 @@ from core.accounts import Accounts
 from core.errors import ChatError, ErrorCode
 from core.identifiers import MAX_CLIENT_ID_CHARS, USER_ID_RE, group_id_of, is_group_conversation
 from core.ids import MessageIds
+from core.limits import RateLimits
 from core.model import ChatMessage, SendRecord, Sent, dm_conversation
 from core.ports import GroupLog, GroupStore, InboxLog, SendLedger
 
@@ -53,8 +54,10 @@ class Messaging:
         max_message_chars: int,
         groups: GroupStore,
         group_log: GroupLog,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self._accounts = accounts
+        self._limits = rate_limits  # sends per user and device (None: not limited, tests)
         self._inbox = inbox
         self._groups = groups
         self._group_log = group_log
@@ -111,7 +114,14 @@ class Messaging:
     ) -> list[Sent | ChatError]:
         results: list[Sent | ChatError | None] = [None] * len(requests)
         todo: list[tuple[int, SendRequest, SendRecord]] = []
-        for i, req in enumerate(requests):
+        allowed = len(requests)
+        if self._limits is not None:
+            # the first sends within the rate go, in order; the rest are refused
+            grant = await self._limits.sends(sender, device, len(requests))
+            allowed = grant.granted
+            for i in range(allowed, len(requests)):
+                results[i] = self._limits.refused_send(grant.retry_after_ms)
+        for i, req in enumerate(requests[:allowed]):
             try:
                 self._validate(req)
             except ChatError as err:

@@ -39,3 +39,14 @@ WORKER_RESTARTS = Counter(
     "Restarts of a supervised background worker after it failed",
     ["worker"],
 )
+RATE_LIMITED = Counter(
+    "jetchat_rate_limited_total",
+    "Requests refused (or typing events dropped) by a rate limit",
+    ["limit"],
+)
+RATE_LIMITER_DOWN = Counter(
+    "jetchat_rate_limiter_unavailable_total",
+    "Limit checks the rate limiter (Redis) did not answer: refused for login and signup, "
+    "let through for the others",
+    ["limit"],
+)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 import msgspec
 
@@ -431,4 +431,67 @@ class Transport(Protocol):
 
     def abort(self) -> None:
         """Drop the connection now, without a closing handshake: the peer stopped reading."""
+        ...
+
+
+class Rate(msgspec.Struct, frozen=True, gc=False):
+    """A rate limit in GCRA's terms: ``burst`` events at once, then one per ``interval_ms``
+    (so ``burst`` per ``burst * interval_ms`` on average)."""
+
+    burst: int
+    interval_ms: int
+
+
+class Grant(NamedTuple):
+    """What a :meth:`RateLimiter.hit` allowed: the first ``granted`` of the events asked for;
+    for the rest, ``retry_after_ms`` until the next one would be allowed (0 when all were)."""
+
+    granted: int
+    retry_after_ms: int
+
+
+class RateLimiter(Protocol):
+    """Rate limits and counters shared by every process that uses the same backend: Redis in
+    production (storage/redis_limits.py), or this process alone (core/ratelimit.py, the
+    embedded default, which is one process, so it is exact there). Both pass one contract
+    suite (tests/integration/test_rate_limit_contract.py).
+
+    Every method is atomic on its own (one Lua script on Redis, one round trip): two processes
+    hitting the same key at once never both take the last event. Keys live only as long as
+    they mean something (a TTL on Redis), so idle keys cost nothing.
+
+    When the backend does not answer (Redis down or slow), a method raises
+    ``ChatError(UNAVAILABLE)`` and changes nothing it can vouch for; the caller decides,
+    per limit, whether that refuses the request (log-in, sign-up) or lets it pass
+    (core/limits.py)."""
+
+    async def hit(self, rates: Sequence[tuple[str, Rate]], cost: int = 1) -> Grant:
+        """Take up to ``cost`` events from every key at once (GCRA): as many as all keys can
+        grant, charged to each; none if one key has none left."""
+        ...
+
+    async def fail(self, keys: Sequence[str], rate: Rate, lock_ms: int, max_lock_ms: int) -> int:
+        """Count a failure (a wrong password) against each key at ``rate``. A key whose
+        failures used the rate's whole burst is locked for ``lock_ms``, doubling at each lock
+        up to ``max_lock_ms`` while failures keep coming before the budget refills. Returns the
+        longest lock now in force on the keys (ms; 0: none)."""
+        ...
+
+    async def locked(self, keys: Sequence[str]) -> int:
+        """The longest lock in force on the keys (ms; 0: none)."""
+        ...
+
+    async def reset(self, key: str) -> None:
+        """Forget the key's failures and lock (a successful log-in)."""
+        ...
+
+    async def acquire(self, key: str, member: str, limit: int, lease_ms: int) -> bool:
+        """Count ``member`` (a connection) under ``key`` if fewer than ``limit`` are counted,
+        or renew it if it already is; it counts for ``lease_ms`` unless renewed or released
+        (the safety net for a process that died without releasing). False: the limit is
+        reached, nothing changed."""
+        ...
+
+    async def release(self, key: str, member: str) -> None:
+        """Stop counting ``member`` under ``key``."""
         ...

@@ -179,6 +179,8 @@ class ErrorFrame(msgspec.Struct, tag="error", tag_field="type", omit_defaults=Tr
     code: str
     message: str
     ref: str | None = None
+    retry_after_ms: int | None = None
+    """``rate_limited``: retrying before this many ms will be refused again."""
 
 
 class Pong(msgspec.Struct, tag="pong", tag_field="type"):
@@ -338,4 +340,8 @@ def _frame_of(group: list[InboxEntry]) -> str:
 
 
 def error_frame(err: ChatError, ref: str | None = None) -> str:
-    return encode(ErrorFrame(code=err.code.value, message=err.message, ref=ref))
+    return encode(
+        ErrorFrame(
+            code=err.code.value, message=err.message, ref=ref, retry_after_ms=err.retry_after_ms
+        )
+    )

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -123,6 +124,7 @@ class DeviceSession:
         "_delivered",
         "_feed_task",
         "_flushed",
+        "_lease",
         "_limits",
         "_outbox",
         "_poll_wake",
@@ -161,12 +163,23 @@ class DeviceSession:
         self._attached = False
         self._protocol = 1  # the version the client speaks, from its hello or poll
         self._poll_wake: Wake | None = None  # while a poll waits: set when it should answer
+        self._lease: str | None = None  # counted among its user's connections (admit)
 
     @property
     def user(self) -> str:
         return self.device.user_id
 
     # --- a WebSocket's life ---------------------------------------------------------------
+
+    async def admit(self) -> None:
+        """Before the socket is accepted: count it among the user's open connections, shared
+        by every process (``rate_limited`` beyond the limit; the frontend refuses the upgrade).
+        :meth:`aclose` stops counting it; its ``ping`` frames renew the count's lease."""
+        limits = self._chat.rate_limits
+        if limits is not None:
+            lease = f"{self.device.id}:{secrets.token_hex(6)}"
+            await limits.connect(self.user, lease)
+            self._lease = lease
 
     async def open(self) -> None:
         """The socket is accepted: registered for revocation, drain and cursor flushes,
@@ -225,6 +238,8 @@ class DeviceSession:
             self._feed_task = self._spawn(self._feed_loop(frame.cursor))
         elif isinstance(frame, Ping):
             await self._chat.presence.beat(self.user, self.device.id)  # the heartbeat
+            if self._lease is not None and self._chat.rate_limits is not None:
+                await self._chat.rate_limits.renew(self.user, self._lease)
             await self._outbox.put(encode(Pong()))
         else:
             handler = HANDLERS[type(frame)]
@@ -269,6 +284,9 @@ class DeviceSession:
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.flush_cursor()
+        lease, self._lease = self._lease, None
+        if lease is not None and self._chat.rate_limits is not None:
+            await self._chat.rate_limits.disconnect(self.user, lease)
 
     # --- one long poll --------------------------------------------------------------------
 
@@ -655,6 +673,8 @@ class LongPolls:
         :meth:`DeviceSession.poll`. ``gone``: resolved by the frontend when the client went
         away, which ends the poll at once (else it would hold its subscription until the
         timeout)."""
+        if self._chat.rate_limits is not None:
+            await self._chat.rate_limits.poll(device.id)  # polls per device
         session = DeviceSession(self._chat, device, transport)
         previous = self._pending.get(device.id)
         if previous is not None:

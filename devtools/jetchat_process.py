@@ -13,6 +13,18 @@ import httpx
 
 from embedded import free_port
 
+HIGH_LIMITS = {
+    "JETCHAT_SIGNUPS_PER_ADDRESS": "1000000",
+    "JETCHAT_LOGIN_FAILURES_PER_ADDRESS": "1000000",
+    "JETCHAT_SENDS_PER_USER": "1000000",
+    "JETCHAT_SENDS_PER_DEVICE": "1000000",
+    "JETCHAT_CONNECTIONS_PER_USER": "100000",
+    "JETCHAT_POLLS_PER_DEVICE": "1000000",
+}
+"""Rate limits out of the way, for the tests and benchmarks: they sign up thousands of users
+from one address (127.0.0.1) and send as fast as the server goes. The tests of the limits set
+their own small ones (tests/integration/test_rate_limits.py)."""
+
 
 class JetchatProcess:
     def __init__(

@@ -25,6 +25,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_RECIPIENT: 404,
     ErrorCode.RESYNC_NEEDED: 409,
     ErrorCode.SLOW_CONSUMER: 429,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
@@ -37,3 +38,10 @@ class ErrorBody(msgspec.Struct, frozen=True):
 
 def error_body(err: ChatError) -> tuple[int, bytes]:
     return HTTP_STATUS[err.code], msgspec.json.encode(ErrorBody(err.code.value, err.message))
+
+
+def retry_after_header(err: ChatError) -> dict[str, str] | None:
+    """HTTP's ``Retry-After`` (whole seconds, rounded up) for an error that says when."""
+    if err.retry_after_ms is None:
+        return None
+    return {"retry-after": str(max(1, -(-err.retry_after_ms // 1000)))}

@@ -28,9 +28,11 @@ from core.events import Events
 from core.groups import Groups
 from core.history import History
 from core.ids import MessageIds
+from core.limits import RateLimits
 from core.messaging import Messaging
 from core.ports import HistoryStore
 from core.presence import Presence
+from core.ratelimit import InProcessRateLimiter
 from core.receipts import Receipts
 from core.session import LongPolls
 from core.supervisor import Supervisor
@@ -55,6 +57,7 @@ from storage.postgres import PostgresAccountStore, migrate, open_pool
 from storage.postgres_groups import PostgresGroupStore
 from storage.postgres_history import PostgresHistoryStore
 from storage.postgres_social import PostgresSocialStore
+from storage.redis_limits import RedisRateLimiter
 
 log = logging.getLogger("jetchat")
 
@@ -99,7 +102,10 @@ class Services:
         inbox = JetStreamInbox(nc, js, settings.jetstream, publisher, shortcuts)
         await inbox.start()
         revocations = NatsRevocationBus(nc)
-        accounts = Accounts(PostgresAccountStore(pool), clock, settings.token_ttl_s, revocations)
+        rate_limits, closers = open_rate_limits(settings, clock)
+        accounts = Accounts(
+            PostgresAccountStore(pool), clock, settings.token_ttl_s, revocations, rate_limits
+        )
         ledger = KvSendLedger(
             await js.key_value(settings.jetstream.sends_bucket),
             settings.jetstream.sends_bucket,
@@ -115,12 +121,14 @@ class Services:
             settings.max_message_chars,
             group_store,
             JetStreamGroupLog(js, settings.jetstream, publisher),
+            rate_limits,
         )
         groups = Groups(group_store, messaging, accounts, clock, settings.max_group_members)
-        history_store, closers = await open_history_store(settings, pool)
+        history_store, history_closers = await open_history_store(settings, pool)
+        closers += history_closers
         history = History(history_store, group_store)
         social = PostgresSocialStore(pool)
-        events = Events(inbox, group_store, clock, settings.typing_per_s, settings.typing_burst)
+        events = Events(inbox, group_store, clock, rate_limits)
         receipt_store = KvReceiptStore(
             await js.key_value(settings.jetstream.receipts_bucket),
             settings.jetstream.receipts_bucket,
@@ -146,6 +154,7 @@ class Services:
                 clock,
             ),
             social,
+            rate_limits,
         )
         await revocations.subscribe(chat.sessions.device_revoked)
         services = cls(settings, nc, js, pool, chat, history_store, closers)
@@ -206,6 +215,21 @@ class Services:
             checks["history"] = f"error: {type(exc).__name__}"
         checks.update(self.supervisor.readiness(self.settings.worker_down_ready_s))
         return checks
+
+
+def open_rate_limits(
+    settings: Settings, clock: SystemClock
+) -> tuple[RateLimits, list[Callable[[], Awaitable[None]]]]:
+    """In Redis when a URL is configured (shared by every process), else in this process (the
+    embedded default: one process, so exact there). Redis is not checked at start: a limiter
+    that does not answer is handled per limit (core/limits.py), as it would be later."""
+    if not settings.redis_url:
+        limiter = InProcessRateLimiter(clock)
+        return RateLimits(limiter, settings.rate_limits, clock), []
+    redis_limiter = RedisRateLimiter.from_url(
+        settings.redis_url, timeout_s=settings.redis_timeout_s
+    )
+    return RateLimits(redis_limiter, settings.rate_limits, clock), [redis_limiter.close]
 
 
 async def open_history_store(

@@ -202,6 +202,9 @@ def uvicorn_config(settings: Settings, port: int) -> uvicorn.Config:
         ws_ping_timeout=settings.ws_ping_timeout_s,
         ws_per_message_deflate=settings.ws_per_message_deflate,
         lifespan="on",
+        # The client address (limits per address) is the TCP peer's. uvicorn would believe
+        # X-Forwarded-For from 127.0.0.1 by default, which any local client can write.
+        proxy_headers=False,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),

@@ -23,13 +23,15 @@ from msgspec import Meta
 from msgspec.inspect import Field, Metadata
 
 from core.chat import Limits
+from core.limits import RateLimitSettings
 from jetstream.streams import DAY_S, JetStreamSettings
 
 # Defaults of the settings that configure these two live there, once.
 _LIMITS = Limits()
 _JETSTREAM = JetStreamSettings()
+_RATES = RateLimitSettings()
 
-_SECRET_FIELDS = {"postgres_dsn", "nats_url"}
+_SECRET_FIELDS = {"postgres_dsn", "nats_url", "redis_url"}
 MAX_GROUP_MEMBERS = 500
 """Fanout copies a group message into every member's inbox (docs/architecture.md)."""
 FRONTENDS = ("ws", "longpoll", "http")
@@ -78,6 +80,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = ""
     postgres_pool_size: Annotated[Count, doc("database connections per process")] = 10
+    redis_url: Annotated[
+        str,
+        doc(
+            "Redis for the rate limits shared by every process (redis://host:port/db); "
+            "empty: limits kept in this process, exact for one process only"
+        ),
+    ] = ""
+    """The embedded default is one process, so it needs no Redis; production sets it."""
+    redis_timeout_s: Annotated[
+        Seconds, doc("longest wait for Redis; then a limit check counts as Redis being down")
+    ] = 0.5
     log_level: Annotated[LogLevel, doc("lowest level of the log lines written")] = "info"
     log_json: Annotated[
         bool, doc("log lines as JSON objects, one per line; false: human-readable lines")
@@ -152,12 +165,51 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cursor_flush_s: Annotated[Seconds, doc("how often devices' acked positions are saved")] = (
         _LIMITS.cursor_flush_s
     )
+
+    # rate limits (core.limits.RateLimitSettings keeps the reasons behind each; GCRA: a burst
+    # of N, then N per window on average)
+    login_failures_per_account: Annotated[
+        Count, doc("wrong passwords for one account within the window before a lockout")
+    ] = _RATES.login_failures_per_account
+    login_failures_per_address: Annotated[
+        Count, doc("wrong passwords from one client address within the window before a lockout")
+    ] = _RATES.login_failures_per_address
+    login_failure_window_s: Annotated[Count, doc("the window of log-in failures")] = (
+        _RATES.login_failure_window_s
+    )
+    login_lockout_s: Annotated[
+        Count, doc("first lockout after too many failures; doubles while failures go on")
+    ] = _RATES.login_lockout_s
+    login_lockout_max_s: Annotated[Count, doc("longest lockout")] = _RATES.login_lockout_max_s
+    signups_per_address: Annotated[
+        Count, doc("sign-ups from one client address within the sign-up window")
+    ] = _RATES.signups_per_address
+    signup_window_s: Annotated[Count, doc("the window of sign-ups per address")] = (
+        _RATES.signup_window_s
+    )
+    sends_per_user: Annotated[
+        Count, doc("messages one user may send within the send window (all devices)")
+    ] = _RATES.sends_per_user
+    sends_per_device: Annotated[
+        Count, doc("messages one device may send within the send window")
+    ] = _RATES.sends_per_device
+    send_window_s: Annotated[Count, doc("the window of sends")] = _RATES.send_window_s
     typing_per_s: Annotated[
         float, Meta(gt=0), doc("typing events a device may send per second on average")
-    ] = _LIMITS.typing_per_s
+    ] = _RATES.typing_per_s
     typing_burst: Annotated[Count, doc("typing events a device may send at once")] = (
-        _LIMITS.typing_burst
+        _RATES.typing_burst
     )
+    connections_per_user: Annotated[
+        Count, doc("WebSockets one user may have open at once, over every process")
+    ] = _RATES.connections_per_user
+    connection_lease_s: Annotated[
+        Count, doc("an open WebSocket stays counted this long unless its pings renew it")
+    ] = _RATES.connection_lease_s
+    polls_per_device: Annotated[
+        Count, doc("long polls one device may make within the poll window")
+    ] = _RATES.polls_per_device
+    poll_window_s: Annotated[Count, doc("the window of polls per device")] = _RATES.poll_window_s
 
     # JetStream (see jetstream.streams.JetStreamSettings)
     inbox_retention_s: Annotated[Seconds, doc("how long inboxes keep messages")] = (
@@ -246,6 +298,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def limits(self) -> Limits:
         fields = set(Limits.__struct_fields__)
         return Limits(**{f: getattr(self, f) for f in fields})
+
+    @property
+    def rate_limits(self) -> RateLimitSettings:
+        return RateLimitSettings(
+            **{f: getattr(self, f) for f in RateLimitSettings.__struct_fields__}
+        )
 
     @property
     def jetstream(self) -> JetStreamSettings:

@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import psycopg
 import pytest
+import redis.asyncio as aioredis
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.query import tuple_factory
 from servers import TEMPLATE_DB, create_database, drop_database, reset_jetstream, scratch_dir
 
 from devtools.cassandra import CassandraNode, fetch, jars_present
+from devtools.redis import RedisServer
 from embedded import EmbeddedPostgres, NatsServer
 from storage import cassandra_history
 from storage.postgres import migrate, open_pool
@@ -172,3 +174,32 @@ async def cassandra_history_factory(
 
 
 # --------------------------------------- end of Cassandra --------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis (devtools.redis, storage.redis_limits): redis_server, redis_url. One real redis-server
+# per test session, started only when a test asks for it; each test gets an empty database.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisServer) -> str:
+    """The session redis-server's URL, after FLUSHDB: the test starts with no keys."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+    return redis_server.url
+
+
+# ----------------------------------------- end of Redis ----------------------------------------

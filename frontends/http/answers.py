@@ -22,7 +22,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import Message, Scope
 
 from core.errors import ChatError, ErrorCode
-from frontends.errors import error_body
+from frontends.errors import error_body, retry_after_header
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ _JSON = "application/json"
 def chat_error_handler(request: Request[Any, Any, State], exc: ChatError) -> Response[bytes]:
     if exc.code is ErrorCode.INTERNAL:
         return internal_error_handler(request, exc)
-    return _answer(exc)
+    return _answer(exc, headers=retry_after_header(exc))
 
 
 def http_error_handler(request: Request[Any, Any, State], exc: HTTPException) -> Response[bytes]:

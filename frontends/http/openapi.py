@@ -162,6 +162,14 @@ def _document(operation: Operation, handler: HTTPRouteHandler) -> None:
 def _error_response(status: int, codes: Iterable[ErrorCode]) -> OpenAPIResponse:
     names = [c.value for c in codes]
     headers: dict[str, Any] | None = None
+    if status == 429:
+        headers = {
+            "retry-after": OpenAPIHeader(
+                schema=Schema(type=OpenAPIType.INTEGER),
+                required=False,
+                description="`rate_limited`: seconds before a retry may succeed",
+            )
+        }
     if status == 500:
         headers = {
             REQUEST_ID_HEADER: OpenAPIHeader(

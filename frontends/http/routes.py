@@ -64,6 +64,15 @@ def provide_chat(state: State) -> Chat:
     return frontend_context(state).chat
 
 
+def client_address(request: Request[object, object, State]) -> str:
+    """The peer's address, for the limits per address. Behind a reverse proxy every client
+    would share the proxy's: such a deployment needs the proxy's forwarded header trusted
+    from the proxy's address alone (a setting jetchat does not have yet). jetchat never
+    believes an ``X-Forwarded-For`` by default (jetchat/cli.py turns uvicorn's off): any
+    client can write one."""
+    return request.client.host if request.client is not None else ""
+
+
 class AccountsController(Controller):
     path = "/v1"
     tags = ["accounts"]  # noqa: RUF012
@@ -72,18 +81,26 @@ class AccountsController(Controller):
     @post(
         "/accounts",
         summary="Sign up",
-        opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.USERNAME_TAKEN),
+        opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.USERNAME_TAKEN, ErrorCode.RATE_LIMITED),
     )
-    async def sign_up(self, chat: Chat, data: SignUp) -> Profile:
-        return await chat.accounts.sign_up(data.username, data.password, data.display_name)
+    async def sign_up(
+        self, chat: Chat, data: SignUp, request: Request[object, object, State]
+    ) -> Profile:
+        return await chat.accounts.sign_up(
+            data.username, data.password, data.display_name, client_address(request)
+        )
 
     @post(
         "/sessions",
         summary="Log in: a new device and its bearer token",
-        opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.BAD_CREDENTIALS),
+        opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.BAD_CREDENTIALS, ErrorCode.RATE_LIMITED),
     )
-    async def log_in(self, chat: Chat, data: LogIn) -> Login:
-        return await chat.accounts.log_in(data.username, data.password, data.device_name)
+    async def log_in(
+        self, chat: Chat, data: LogIn, request: Request[object, object, State]
+    ) -> Login:
+        return await chat.accounts.log_in(
+            data.username, data.password, data.device_name, client_address(request)
+        )
 
     @delete(
         "/sessions/current",
@@ -188,6 +205,7 @@ class MessagesController(Controller):
             ErrorCode.UNKNOWN_RECIPIENT,
             ErrorCode.NOT_FOUND,
             ErrorCode.FORBIDDEN,
+            ErrorCode.RATE_LIMITED,
         ),
     )
     async def send(self, chat: Chat, device: Device, data: SendBody) -> Sent:

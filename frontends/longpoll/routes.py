@@ -50,7 +50,7 @@ class PollAnswer(msgspec.Struct, frozen=True):
     dependencies={"device": Provide(provide_device)},
     tags=["long polling"],
     media_type="application/json",
-    opt=raises(ErrorCode.INVALID_ARGUMENT),
+    opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.RATE_LIMITED),
     responses={
         200: ResponseSpec(
             PollAnswer, description="The frames and the next cursor", generate_examples=False

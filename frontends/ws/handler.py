@@ -37,7 +37,7 @@ from core.errors import ChatError, ErrorCode
 from core.session import DeviceSession
 from frontends.auth import token_from
 from frontends.context import frontend_context
-from frontends.errors import error_body
+from frontends.errors import error_body, retry_after_header
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +285,9 @@ class WebSocketProtocol(asyncio.Protocol):
             chat = context.chat
             token = token_from(request.headers.get("Authorization", ""), query)
             device = await chat.accounts.authenticate(token)
+            conn = DeviceSession(chat, device, self)
+            await conn.admit()  # connections per user: refused with 429 beyond the limit
+            self._conn = conn
         except ChatError as err:
             self._refuse(err)
             self._task = None
@@ -296,6 +299,7 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         if self._phase == _LOST:
             self._task = None
+            await conn.aclose()  # no longer counted
             return
         response = ws.accept(request)
         # websockets' parser keeps the request for the socket's life (a local of its
@@ -305,9 +309,10 @@ class WebSocketProtocol(asyncio.Protocol):
         self._flush()
         if response.status_code != 101:  # not a valid WebSocket handshake: refused by ws
             self._task = None
+            self._conn = None
+            await conn.aclose()
             return
         self._phase = _OPENING
-        conn = self._conn = DeviceSession(chat, device, self)
         try:
             await conn.open()
         except Exception:
@@ -328,6 +333,8 @@ class WebSocketProtocol(asyncio.Protocol):
         response = self._ws.reject(status, body.decode() + "\n")
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "application/json"
+        for name, value in (retry_after_header(err) or {}).items():
+            response.headers[name] = value
         self._ws.send_response(response)
         self._flush()
 

@@ -10,7 +10,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from devtools.jetchat_process import JetchatProcess
+from devtools.jetchat_process import HIGH_LIMITS, JetchatProcess
 from jetstream.streams import JetStreamSettings, ensure
 
 # Short intervals so tests never wait long; production defaults are in jetchat/settings.py.
@@ -19,6 +19,7 @@ TEST_ENV = {
     "JETCHAT_WS_PING_INTERVAL_S": "5",
     "JETCHAT_WS_PING_TIMEOUT_S": "5",
     "JETCHAT_SHUTDOWN_GRACE_S": "2",
+    **HIGH_LIMITS,
 }
 
 Spawn = Callable[..., JetchatProcess]

@@ -396,7 +396,7 @@ def make_chat(limits: Limits | None = None) -> tuple[Chat, MemoryInbox, MemoryAc
         accounts, inbox, MemoryLedger(), MessageIds(clock), 100_000, groups, NoGroupLog()
     )
     history = History(MemoryHistory(), groups)
-    events = Events(inbox, groups, clock, 1.0, 5)
+    events = Events(inbox, groups, clock)
     chat = Chat(
         accounts,
         messaging,

@@ -56,7 +56,7 @@ async def world(group_members: tuple[str, ...] = ("alice", "bob", "carol")) -> W
     await groups.create(
         Group(GID, "trip", "alice", T0), [Member(u, "member", mid(0)) for u in group_members]
     )
-    events = Events(inbox, groups, clock, 1.0, 5)
+    events = Events(inbox, groups, clock)
     store = MemoryReceipts()
     return World(
         inbox, store, groups, history, Receipts(store, events, inbox, History(history, groups))
