@@ -106,7 +106,7 @@ class GetReceipts(msgspec.Struct, tag="receipts", tag_field="type", forbid_unkno
     """Every member's delivered and read marks in ``conv``."""
 
     ref: str
-    conv: str
+    conv: ConversationId
 
 
 class GetPresence(msgspec.Struct, tag="presence", tag_field="type", forbid_unknown_fields=True):

@@ -128,6 +128,7 @@ def test_names_are_stored_trimmed(name, required, stored):
         ('{"type":"send","client_id":"n1","to":"bob","text":"a\\u0000b"}', "text"),
         ('{"type":"presence","ref":"r","users":["a\\u0000b"]}', "users[0]"),
         ('{"type":"history","ref":"r","conv":"dm.alice.bob","before":"x"}', "before"),
+        ('{"type":"receipts","ref":"r","conv":"dm.alice.>"}', "conv"),
     ],
 )
 def test_frames_refuse_hostile_values_naming_the_field(frame, code):
