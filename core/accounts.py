@@ -8,16 +8,19 @@ import argon2
 import msgspec
 
 from core.errors import ChatError, ErrorCode
-from core.identifiers import USER_ID_RE
+from core.identifiers import (
+    DEVICE_ID_RE,
+    MAX_DEVICE_NAME_CHARS,
+    MAX_DISPLAY_NAME_CHARS,
+    MAX_PASSWORD_CHARS,
+    MIN_PASSWORD_CHARS,
+    USER_ID_RE,
+    clean_name,
+)
 from core.ids import new_device_id, new_token, token_hash
 from core.limits import RateLimits
 from core.model import Device, User
 from core.ports import AccountStore, Clock, RevocationBus
-
-MIN_PASSWORD_CHARS = 8
-MAX_PASSWORD_CHARS = 1024  # argon2 takes any length; this only bounds the work per request
-MAX_DISPLAY_NAME_CHARS = 64
-MAX_DEVICE_NAME_CHARS = 64
 
 
 class Profile(msgspec.Struct, frozen=True):
@@ -73,8 +76,9 @@ class Accounts:
                 "username must be 3 to 32 characters of a-z, 0-9 and _",
             )
         _check_password(password)
-        if len(display_name) > MAX_DISPLAY_NAME_CHARS:
-            raise ChatError(ErrorCode.INVALID_ARGUMENT, "display_name is too long")
+        display_name = clean_name(
+            display_name, "display_name", MAX_DISPLAY_NAME_CHARS, required=False
+        )
         if self._limits is not None:  # only well-formed sign-ups count
             await self._limits.sign_up(address)
         password_hash = await asyncio.to_thread(self._hasher.hash, password)
@@ -89,8 +93,9 @@ class Accounts:
         """``address``: the client's. Failures lock the account and the address out for a
         while (core/limits.py), checked before the password is; a success forgets the
         account's failures."""
-        if len(password) > MAX_PASSWORD_CHARS or len(device_name) > MAX_DEVICE_NAME_CHARS:
-            raise ChatError(ErrorCode.INVALID_ARGUMENT, "password or device name too long")
+        if len(password) > MAX_PASSWORD_CHARS:
+            raise ChatError(ErrorCode.INVALID_ARGUMENT, "password is too long")
+        device_name = clean_name(device_name, "device_name", MAX_DEVICE_NAME_CHARS, required=False)
         limits = self._limits
         if limits is not None:
             await limits.check_login(user_id, address)
@@ -143,7 +148,9 @@ class Accounts:
         ]
 
     async def revoke(self, user_id: str, device_id: str) -> None:
-        if not await self._store.revoke_device(user_id, device_id, self._clock.now_ms()):
+        if not DEVICE_ID_RE.fullmatch(device_id) or not await self._store.revoke_device(
+            user_id, device_id, self._clock.now_ms()
+        ):
             raise ChatError(ErrorCode.NOT_FOUND, f"no device {device_id!r}")
         await self._revocations.publish(device_id)
 

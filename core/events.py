@@ -6,7 +6,12 @@ from __future__ import annotations
 import msgspec
 
 from core.errors import ChatError, ErrorCode
-from core.identifiers import conversation_members, group_id_of, names_dm, names_group
+from core.identifiers import (
+    conversation_members,
+    group_id_of,
+    is_dm_conversation,
+    is_group_conversation,
+)
 from core.limits import RateLimits
 from core.ports import Clock, GroupStore, InboxLog
 from core.protocol import TypingEvent
@@ -41,9 +46,9 @@ class Events:
         A group's list may be up to ``_MEMBERS_CACHE_S`` old, which is right for typing (a
         stream of ephemeral events); ``fresh`` reads it now, for what is stored or shown
         (receipts): a member added a moment ago is let in, one removed is refused."""
-        if names_dm(conv):
+        if is_dm_conversation(conv):
             members = list(conversation_members(conv))
-        elif names_group(conv):
+        elif is_group_conversation(conv):
             now = self._clock.now_ms()
             cached = None if fresh else self._members.get(conv)
             if cached is None or cached[0] < now:

@@ -10,11 +10,11 @@ import msgspec
 
 from core.accounts import Accounts
 from core.errors import ChatError, ErrorCode
+from core.identifiers import GROUP_ID_RE, MAX_GROUP_NAME_CHARS, clean_name
 from core.messaging import Messaging
 from core.model import ChatMessage, Group, Member, group_conversation
 from core.ports import Clock, GroupChange, GroupStore
 
-MAX_GROUP_NAME_CHARS = 100
 ADMIN, MEMBER = "admin", "member"
 
 
@@ -48,7 +48,7 @@ class Groups:
     async def create(
         self, creator: str, device: str, name: str, member_ids: list[str]
     ) -> GroupInfo:
-        _check_name(name)
+        name = _check_name(name)
         others = sorted(set(member_ids) - {creator})
         if len(others) + 1 > self.max_members:
             raise ChatError(
@@ -67,6 +67,7 @@ class Groups:
         return _info(group, members)
 
     async def info(self, user: str, group_id: str) -> GroupInfo:
+        _check_group_id(group_id)
         group = await self._store.get(group_id)
         members = await self._store.members(group_id) if group else []
         if group is None or user not in {m.user_id for m in members}:
@@ -77,7 +78,8 @@ class Groups:
         return await self._store.groups_of(user)
 
     async def rename(self, actor: str, device: str, group_id: str, name: str) -> GroupInfo:
-        _check_name(name)
+        _check_group_id(group_id)
+        name = _check_name(name)
         async with self._store.changing(group_id) as change:
             _require_admin(change, actor, group_id)
             assert change is not None
@@ -89,6 +91,7 @@ class Groups:
             return _info(change.group, change.members)
 
     async def add(self, actor: str, device: str, group_id: str, user: str) -> GroupInfo:
+        _check_group_id(group_id)
         async with self._store.changing(group_id) as change:
             _require_admin(change, actor, group_id)
             assert change is not None
@@ -110,6 +113,7 @@ class Groups:
     async def remove(self, actor: str, device: str, group_id: str, user: str) -> None:
         """Remove a member (admins), or leave (``user == actor``). The removed user gets the
         removal event, then nothing more from the group."""
+        _check_group_id(group_id)
         async with self._store.changing(group_id) as change:
             if change is None or actor not in {m.user_id for m in change.members}:
                 raise ChatError(ErrorCode.NOT_FOUND, f"no group {group_id!r} of yours")
@@ -132,6 +136,7 @@ class Groups:
             )
 
     async def promote(self, actor: str, device: str, group_id: str, user: str) -> GroupInfo:
+        _check_group_id(group_id)
         async with self._store.changing(group_id) as change:
             _require_admin(change, actor, group_id)
             assert change is not None
@@ -178,11 +183,15 @@ def _require_admin(change: GroupChange | None, actor: str, group_id: str) -> Non
         raise ChatError(ErrorCode.FORBIDDEN, "only the group's admins may do that")
 
 
-def _check_name(name: str) -> None:
-    if not 1 <= len(name) <= MAX_GROUP_NAME_CHARS:
-        raise ChatError(
-            ErrorCode.INVALID_ARGUMENT, f"a group name has 1 to {MAX_GROUP_NAME_CHARS} characters"
-        )
+def _check_name(name: str) -> str:
+    """The name as stored (trimmed), or ChatError(INVALID_ARGUMENT)."""
+    return clean_name(name, "name", MAX_GROUP_NAME_CHARS, required=True)
+
+
+def _check_group_id(group_id: str) -> None:
+    """An id that cannot be a group's is no group (checked before any store sees it)."""
+    if not GROUP_ID_RE.fullmatch(group_id):
+        raise ChatError(ErrorCode.NOT_FOUND, f"no group {group_id!r:.80}")
 
 
 def _info(group: Group, members: list[Member]) -> GroupInfo:

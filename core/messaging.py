@@ -12,7 +12,14 @@ import msgspec
 from core import metrics
 from core.accounts import Accounts
 from core.errors import ChatError, ErrorCode
-from core.identifiers import MAX_CLIENT_ID_CHARS, USER_ID_RE, group_id_of, is_group_conversation
+from core.identifiers import (
+    CLIENT_ID_RE,
+    MAX_CLIENT_ID_CHARS,
+    TEXT_RE,
+    USER_ID_RE,
+    group_id_of,
+    is_group_conversation,
+)
 from core.ids import MessageIds
 from core.limits import RateLimits
 from core.model import ChatMessage, SendRecord, Sent, dm_conversation
@@ -244,10 +251,12 @@ class Messaging:
         )
 
     def _validate(self, req: SendRequest) -> None:
-        if not 1 <= len(req.client_id) <= MAX_CLIENT_ID_CHARS:
+        if not 1 <= len(req.client_id) <= MAX_CLIENT_ID_CHARS or not CLIENT_ID_RE.fullmatch(
+            req.client_id
+        ):
             raise ChatError(
                 ErrorCode.INVALID_ARGUMENT,
-                f"client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters",
+                f"client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters, none a control one",
             )
         if not req.text:
             raise ChatError(ErrorCode.EMPTY_MESSAGE, "text is empty")
@@ -259,6 +268,11 @@ class Messaging:
             raise ChatError(
                 ErrorCode.MESSAGE_TOO_LONG,
                 f"text has {len(req.text)} characters; the limit is {self._max_chars}",
+            )
+        if not TEXT_RE.fullmatch(req.text):
+            raise ChatError(
+                ErrorCode.INVALID_ARGUMENT,
+                "text: no NUL or control characters but tab, newline and carriage return",
             )
 
     async def _check_recipients(

@@ -2,15 +2,22 @@
 
 Frames are JSON objects tagged by ``"type"``; docs/protocol.md documents each one. The same
 frames travel over WebSocket (one per text frame) and in long-poll answers.
+
+A client frame's ids, texts and names are constrained types of core/identifiers.py, so the
+decoder refuses a value that could not be stored or used in a subject or key, naming its field:
+``invalid_argument`` (a value of the right type out of its shape), where a value of the wrong
+type is ``malformed``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 
 import msgspec
 
 from core.errors import ChatError, ErrorCode
+from core.identifiers import ClientId, ConversationId, MessageId, Recipient, Text, UserId
 from core.model import ChatMessage, ConversationSummary, ReceiptState
 from core.ports import InboxEntry
 
@@ -45,9 +52,9 @@ class Hello(msgspec.Struct, tag="hello", tag_field="type", forbid_unknown_fields
 class Send(msgspec.Struct, tag="send", tag_field="type", forbid_unknown_fields=True):
     """Send ``text`` to user ``to``. ``client_id`` makes the send idempotent."""
 
-    client_id: str
-    to: str
-    text: str
+    client_id: ClientId
+    to: Recipient
+    text: Text
 
 
 class Ack(msgspec.Struct, tag="ack", tag_field="type", forbid_unknown_fields=True):
@@ -64,10 +71,10 @@ class GetHistory(msgspec.Struct, tag="history", tag_field="type", forbid_unknown
     """A page of a conversation (at most one of before/after/around; none: the newest)."""
 
     ref: str
-    conv: str
-    before: str | None = None
-    after: str | None = None
-    around: str | None = None
+    conv: ConversationId
+    before: MessageId | None = None
+    after: MessageId | None = None
+    around: MessageId | None = None
     limit: int = 50
 
 
@@ -83,7 +90,7 @@ class GetConversations(
 class Typing(msgspec.Struct, tag="typing", tag_field="type", forbid_unknown_fields=True):
     """I am typing in ``conv`` ("start", repeated every few seconds) or stopped ("stop")."""
 
-    conv: str
+    conv: ConversationId
     state: str
 
 
@@ -91,22 +98,22 @@ class Read(msgspec.Struct, tag="read", tag_field="type", forbid_unknown_fields=T
     """I have read ``conv`` up to message ``up_to`` (marks every device of mine, tells the
     members)."""
 
-    conv: str
-    up_to: str
+    conv: ConversationId
+    up_to: MessageId
 
 
 class GetReceipts(msgspec.Struct, tag="receipts", tag_field="type", forbid_unknown_fields=True):
     """Every member's delivered and read marks in ``conv``."""
 
     ref: str
-    conv: str
+    conv: ConversationId
 
 
 class GetPresence(msgspec.Struct, tag="presence", tag_field="type", forbid_unknown_fields=True):
     """The presence of these users (at most 500), as far as I may see it."""
 
     ref: str
-    users: list[str]
+    users: list[UserId]
 
 
 ClientFrame = (
@@ -133,9 +140,19 @@ def decode_client_frame(data: str | bytes) -> ClientFrame:
         text = str(exc)
         if text.endswith("at `$.type`") and text.startswith("Invalid value"):
             raise ChatError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type: {text}") from None
-        raise ChatError(ErrorCode.MALFORMED, text) from None
+        raise ChatError(validation_code(text), text) from None
     except msgspec.DecodeError as exc:
         raise ChatError(ErrorCode.MALFORMED, f"not a JSON object: {exc}") from None
+
+
+_CONSTRAINT = re.compile(r"Expected `[^`]+` (?!,)")
+
+
+def validation_code(message: str) -> ErrorCode:
+    """The code of msgspec's validation message: a value of the right type that breaks its
+    field's constraint ("Expected `str` matching regex ..." or "of length <= 64") is
+    ``invalid_argument``; anything else (a wrong type, a missing field) is ``malformed``."""
+    return ErrorCode.INVALID_ARGUMENT if _CONSTRAINT.match(message) else ErrorCode.MALFORMED
 
 
 # --- server -> client --------------------------------------------------------------------

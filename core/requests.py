@@ -7,6 +7,11 @@ a rule (who may read a conversation, how many users a presence query takes, what
 accepts) lives in one place and cannot differ between transports; only the way the answer is
 carried differs (a frame with ``ref``, or an HTTP body), and that is the adapter's business.
 
+Every handler checks the shape of the conversation id (and user ids) it is given before its
+use case builds a subject or key from it (core/identifiers.py): the transports decode into
+constrained types already, so this is the second line, for any caller that built a request
+struct by hand.
+
 Sends are here for single sends (``POST /v1/messages``); a session batches its device's
 pipelined ``send`` frames through :meth:`core.messaging.Messaging.send_many`, which is what
 :func:`send` calls too, so both apply the same checks.
@@ -17,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from core.identifiers import USER_ID_RE, check, check_conversation
 from core.messaging import SendRequest
 from core.model import ChatMessage, ConversationSummary, Device, ReceiptState, Sent
 from core.protocol import (
@@ -46,7 +52,7 @@ async def history(chat: Chat, device: Device, req: GetHistory) -> list[ChatMessa
     """A page of a conversation's history (members only; at most 100)."""
     return await chat.history.page(
         device.user_id,
-        req.conv,
+        check_conversation(req.conv),
         before=req.before,
         after=req.after,
         around=req.around,
@@ -63,22 +69,23 @@ async def conversations(
 
 async def receipts(chat: Chat, device: Device, req: GetReceipts) -> list[ReceiptState]:
     """Every member's marks in a conversation (members only)."""
-    return await chat.receipts.states(device.user_id, req.conv)
+    return await chat.receipts.states(device.user_id, check_conversation(req.conv))
 
 
 async def presence(chat: Chat, device: Device, req: GetPresence) -> list[PresenceItem]:
     """These users' presence as far as I may see it (at most 500)."""
-    return await chat.presence.query(device.user_id, req.users)
+    users = [check(user, USER_ID_RE, "users") for user in req.users]
+    return await chat.presence.query(device.user_id, users)
 
 
 async def read(chat: Chat, device: Device, req: Read) -> ReceiptState:
     """Mark a conversation read up to a message; members are told."""
-    return await chat.receipts.read(device.user_id, req.conv, req.up_to)
+    return await chat.receipts.read(device.user_id, check_conversation(req.conv), req.up_to)
 
 
 async def typing(chat: Chat, device: Device, req: Typing) -> None:
     """I am typing, or stopped (members only; rate-limited per device)."""
-    await chat.events.typing(device.user_id, device.id, req.conv, req.state)
+    await chat.events.typing(device.user_id, device.id, check_conversation(req.conv), req.state)
 
 
 async def send(chat: Chat, device: Device, req: Send) -> Sent:

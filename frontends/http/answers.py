@@ -22,6 +22,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import Message, Scope
 
 from core.errors import ChatError, ErrorCode
+from core.protocol import validation_code
 from frontends.errors import error_body, retry_after_header
 
 log = logging.getLogger(__name__)
@@ -104,26 +105,28 @@ _MISSING_PARAMETER = re.compile(r"Missing required (\w+) parameter '([^']+)'")
 def _validation_error(request: Request[Any, Any, State], exc: ValidationException) -> ChatError:
     """Litestar's ValidationException: its ``extra`` lists ``{message, key, source}`` with
     msgspec's messages; a missing parameter comes as the detail alone. Body problems are
-    ``malformed`` (400: the JSON does not fit, as for a WebSocket frame), parameter problems
-    ``invalid_argument`` (422)."""
+    ``malformed`` (400: the JSON does not fit, as for a WebSocket frame), unless each is a
+    value of the right type out of its field's shape (a pattern or length of
+    core/identifiers.py), which is ``invalid_argument`` (422) as for a frame; parameter
+    problems are ``invalid_argument``."""
     if not isinstance(exc.extra, list) or not exc.extra:
         if found := _MISSING_PARAMETER.match(exc.detail):
             kind, name = found.groups()
             return ChatError(ErrorCode.INVALID_ARGUMENT, f"{name}: missing ({kind} parameter)")
         return ChatError(ErrorCode.MALFORMED, exc.detail)
-    parts, in_body = [], False
+    parts, malformed = [], False
     for item in exc.extra:
         if not isinstance(item, dict):
             continue
         key, message = str(item.get("key", "")), str(item.get("message", ""))
         if item.get("source") == "body":
-            in_body = True
+            malformed |= validation_code(message) is ErrorCode.MALFORMED
             parts.append(_body_problem(key, message))
         else:
             raw = request.query_params.get(key) if key else None
             parts.append(f"{key}: {_plain(message, raw, optional=True)}")
     return ChatError(
-        ErrorCode.MALFORMED if in_body else ErrorCode.INVALID_ARGUMENT, "; ".join(parts)
+        ErrorCode.MALFORMED if malformed else ErrorCode.INVALID_ARGUMENT, "; ".join(parts)
     )
 
 

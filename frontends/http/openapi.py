@@ -12,7 +12,8 @@ for every operation at once, from what the route is, so the document cannot drif
 
 - every operation: 500 ``internal`` (with its ``x-request-id`` header), 503 ``unavailable``;
 - a route that takes the caller's device: the ``bearer`` security scheme, 401 ``unauthorized``;
-- a request body: 400 ``malformed``; query parameters: 422 ``invalid_argument``;
+- a request body: 400 ``malformed``; query or path parameters (path parameters all have a
+  pattern): 422 ``invalid_argument``;
 - whatever its use case may answer besides, which the route says with ``opt=raises(...)``.
 
 Each error answer's schema is ``{code, message}`` with ``code`` one of the codes of that status
@@ -148,7 +149,7 @@ def _document(operation: Operation, handler: HTTPRouteHandler) -> None:
     if operation.request_body is not None:
         codes.add(ErrorCode.MALFORMED)
     parameters = operation.parameters or []
-    if any(isinstance(p, Parameter) and p.param_in == "query" for p in parameters):
+    if any(isinstance(p, Parameter) and p.param_in in ("query", "path") for p in parameters):
         codes.add(ErrorCode.INVALID_ARGUMENT)
     by_status: dict[int, list[ErrorCode]] = {}
     for code in sorted(codes):

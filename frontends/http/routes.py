@@ -6,6 +6,8 @@ request structs, so the two transports cannot apply different rules."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.datastructures import State
@@ -17,6 +19,18 @@ from core.chat import Chat
 from core.errors import ErrorCode
 from core.groups import GroupInfo
 from core.history import MAX_CONVERSATIONS, MAX_PAGE
+from core.identifiers import (
+    MAX_PASSWORD_CHARS,
+    ClientId,
+    DeviceName,
+    DisplayName,
+    GroupName,
+    MessageId,
+    Password,
+    Recipient,
+    Text,
+    UserId,
+)
 from core.model import ChatMessage, ConversationSummary, Device, Group, ReceiptState, Sent
 from core.protocol import (
     GetConversations,
@@ -31,18 +45,26 @@ from core.protocol import (
 from frontends.auth import bearer_token
 from frontends.context import frontend_context
 from frontends.http.openapi import raises
+from frontends.http.params import (
+    ConversationParam,
+    DeviceIdParam,
+    GroupIdParam,
+    MessageIdParam,
+    UserIdParam,
+    UserListParam,
+)
 
 
 class SignUp(msgspec.Struct, frozen=True):
-    username: str
-    password: str
-    display_name: str = ""
+    username: UserId
+    password: Password
+    display_name: DisplayName = ""
 
 
 class LogIn(msgspec.Struct, frozen=True):
-    username: str
-    password: str
-    device_name: str = ""
+    username: str  # any string: a username of no user's shape is bad_credentials, like others
+    password: Annotated[str, msgspec.Meta(max_length=MAX_PASSWORD_CHARS)]
+    device_name: DeviceName = ""
 
 
 class MySettings(msgspec.Struct, frozen=True):
@@ -50,9 +72,9 @@ class MySettings(msgspec.Struct, frozen=True):
 
 
 class SendBody(msgspec.Struct, frozen=True):
-    client_id: str
-    to: str
-    text: str
+    client_id: ClientId
+    to: Recipient
+    text: Text
 
 
 async def provide_device(request: Request[object, object, State]) -> Device:
@@ -121,7 +143,7 @@ class AccountsController(Controller):
         dependencies={"device": Provide(provide_device)},
         opt=raises(ErrorCode.NOT_FOUND),
     )
-    async def user(self, chat: Chat, device: Device, user_id: str) -> Profile:
+    async def user(self, chat: Chat, device: Device, user_id: UserIdParam) -> Profile:
         return await chat.accounts.profile(user_id)
 
     @get(
@@ -136,7 +158,7 @@ class AccountsController(Controller):
         dependencies={"device": Provide(provide_device)},
         opt=raises(ErrorCode.NOT_FOUND),
     )
-    async def revoke(self, chat: Chat, device: Device, device_id: str) -> None:
+    async def revoke(self, chat: Chat, device: Device, device_id: DeviceIdParam) -> None:
         await chat.revoke(device.user_id, device_id)
 
     @patch(
@@ -160,7 +182,7 @@ class AccountsController(Controller):
         opt=raises(ErrorCode.NOT_FOUND),
         status_code=204,
     )
-    async def add_contact(self, chat: Chat, device: Device, user_id: str) -> None:
+    async def add_contact(self, chat: Chat, device: Device, user_id: UserIdParam) -> None:
         await chat.accounts.profile(user_id)  # not_found for a user that does not exist
         await chat.social.add_contact(device.user_id, user_id)
 
@@ -169,7 +191,7 @@ class AccountsController(Controller):
         summary="Remove a contact",
         dependencies={"device": Provide(provide_device)},
     )
-    async def remove_contact(self, chat: Chat, device: Device, user_id: str) -> None:
+    async def remove_contact(self, chat: Chat, device: Device, user_id: UserIdParam) -> None:
         await chat.social.remove_contact(device.user_id, user_id)
 
     @get(
@@ -177,7 +199,9 @@ class AccountsController(Controller):
         summary="Presence of users (comma-separated ids, at most 500): null where not visible",
         dependencies={"device": Provide(provide_device)},
     )
-    async def presence(self, chat: Chat, device: Device, users: str) -> list[PresenceItem]:
+    async def presence(
+        self, chat: Chat, device: Device, users: UserListParam
+    ) -> list[PresenceItem]:
         wanted = GetPresence(ref="", users=[u for u in users.split(",") if u])
         return await requests.presence(chat, device, wanted)
 
@@ -217,7 +241,7 @@ class TypingBody(msgspec.Struct, frozen=True):
 
 
 class ReadBody(msgspec.Struct, frozen=True):
-    up_to: str
+    up_to: MessageId
 
 
 class HistoryPageBody(msgspec.Struct, frozen=True):
@@ -245,7 +269,9 @@ class ConversationsController(Controller):
         status_code=200,
         opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.FORBIDDEN),
     )
-    async def read(self, chat: Chat, device: Device, conv: str, data: ReadBody) -> ReceiptState:
+    async def read(
+        self, chat: Chat, device: Device, conv: ConversationParam, data: ReadBody
+    ) -> ReceiptState:
         return await requests.read(chat, device, Read(conv, data.up_to))
 
     @post(
@@ -254,7 +280,9 @@ class ConversationsController(Controller):
         status_code=204,
         opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.FORBIDDEN),
     )
-    async def typing(self, chat: Chat, device: Device, conv: str, data: TypingBody) -> None:
+    async def typing(
+        self, chat: Chat, device: Device, conv: ConversationParam, data: TypingBody
+    ) -> None:
         await requests.typing(chat, device, Typing(conv, data.state))
 
     @get(
@@ -262,7 +290,9 @@ class ConversationsController(Controller):
         summary="Every member's delivered and read marks",
         opt=raises(ErrorCode.FORBIDDEN),
     )
-    async def receipts(self, chat: Chat, device: Device, conv: str) -> list[ReceiptState]:
+    async def receipts(
+        self, chat: Chat, device: Device, conv: ConversationParam
+    ) -> list[ReceiptState]:
         return await requests.receipts(chat, device, GetReceipts(ref="", conv=conv))
 
     @get(
@@ -279,10 +309,10 @@ class ConversationsController(Controller):
         self,
         chat: Chat,
         device: Device,
-        conv: str,
-        before: str | None = None,
-        after: str | None = None,
-        around: str | None = None,
+        conv: ConversationParam,
+        before: MessageIdParam = None,
+        after: MessageIdParam = None,
+        around: MessageIdParam = None,
         limit: int = 50,
     ) -> HistoryPageBody:
         page = GetHistory(ref="", conv=conv, before=before, after=after, around=around, limit=limit)
@@ -290,16 +320,16 @@ class ConversationsController(Controller):
 
 
 class NewGroup(msgspec.Struct, frozen=True):
-    name: str
-    members: list[str] = []
+    name: GroupName
+    members: list[UserId] = []
 
 
 class GroupPatch(msgspec.Struct, frozen=True):
-    name: str
+    name: GroupName
 
 
 class UserRef(msgspec.Struct, frozen=True):
-    user_id: str
+    user_id: UserId
 
 
 class GroupsController(Controller):
@@ -327,7 +357,7 @@ class GroupsController(Controller):
         summary="A group of mine and its members",
         opt=raises(ErrorCode.NOT_FOUND),
     )
-    async def info(self, chat: Chat, device: Device, group_id: str) -> GroupInfo:
+    async def info(self, chat: Chat, device: Device, group_id: GroupIdParam) -> GroupInfo:
         return await chat.groups.info(device.user_id, group_id)
 
     @patch(
@@ -336,7 +366,7 @@ class GroupsController(Controller):
         opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.NOT_FOUND, ErrorCode.FORBIDDEN),
     )
     async def rename(
-        self, chat: Chat, device: Device, group_id: str, data: GroupPatch
+        self, chat: Chat, device: Device, group_id: GroupIdParam, data: GroupPatch
     ) -> GroupInfo:
         return await chat.groups.rename(device.user_id, device.id, group_id, data.name)
 
@@ -350,7 +380,9 @@ class GroupsController(Controller):
             ErrorCode.FORBIDDEN,
         ),
     )
-    async def add(self, chat: Chat, device: Device, group_id: str, data: UserRef) -> GroupInfo:
+    async def add(
+        self, chat: Chat, device: Device, group_id: GroupIdParam, data: UserRef
+    ) -> GroupInfo:
         return await chat.groups.add(device.user_id, device.id, group_id, data.user_id)
 
     @delete(
@@ -358,15 +390,19 @@ class GroupsController(Controller):
         summary="Remove a member (admins), or leave (my own user id)",
         opt=raises(ErrorCode.NOT_FOUND, ErrorCode.FORBIDDEN),
     )
-    async def remove(self, chat: Chat, device: Device, group_id: str, user_id: str) -> None:
+    async def remove(
+        self, chat: Chat, device: Device, group_id: GroupIdParam, user_id: UserIdParam
+    ) -> None:
         await chat.groups.remove(device.user_id, device.id, group_id, user_id)
 
     @post(
         "/{group_id:str}/admins",
         summary="Make a member an admin (admins)",
-        opt=raises(ErrorCode.NOT_FOUND, ErrorCode.FORBIDDEN),
+        opt=raises(ErrorCode.INVALID_ARGUMENT, ErrorCode.NOT_FOUND, ErrorCode.FORBIDDEN),
     )
-    async def promote(self, chat: Chat, device: Device, group_id: str, data: UserRef) -> GroupInfo:
+    async def promote(
+        self, chat: Chat, device: Device, group_id: GroupIdParam, data: UserRef
+    ) -> GroupInfo:
         return await chat.groups.promote(device.user_id, device.id, group_id, data.user_id)
 
 

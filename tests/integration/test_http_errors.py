@@ -22,8 +22,8 @@ BAD_BODIES = [
     (b"{not json", "the body is not valid JSON: object keys must be strings (byte 1)"),
     (b"", "the body is missing: send a JSON object"),
     (b"[]", "the body: expected an object, got a list"),
-    (b'{"client_id": 7, "to": "x", "text": "t"}', "client_id: expected a string, got an integer"),
-    (b'{"to": "x", "text": "t"}', "client_id: missing"),
+    (b'{"client_id": 7, "to": "xyz", "text": "t"}', "client_id: expected a string, got an integer"),
+    (b'{"to": "xyz", "text": "t"}', "client_id: missing"),
 ]
 
 
