@@ -193,6 +193,8 @@ class WebSocketProtocol(asyncio.Protocol):
                     self._task = self._srv.spawn(self._handshake(event))
             elif isinstance(event, Frame):
                 self._on_frame(event)
+                if self._ws.state is not WsState.OPEN:
+                    break  # failed (invalid UTF-8) or closing: the frames after it do not count
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -339,7 +341,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._fragments_text = opcode is Opcode.TEXT
                 return
             data = bytes(frame.data)
-            self._received(data.decode() if opcode is Opcode.TEXT else data)
+            self._received(self._text(data) if opcode is Opcode.TEXT else data)
         elif opcode is Opcode.CONT:
             fragments = self._fragments
             if fragments is None:
@@ -348,13 +350,29 @@ class WebSocketProtocol(asyncio.Protocol):
             if frame.fin:
                 self._fragments = None
                 data = b"".join(fragments)
-                self._received(data.decode() if self._fragments_text else data)
+                self._received(self._text(data) if self._fragments_text else data)
         elif opcode is Opcode.PONG:
             if self._ping_payload is not None and bytes(frame.data) == self._ping_payload:
                 self._ping_payload = None
         # PING: websockets queued the pong; CLOSE: it queued the answer and the end of stream
 
-    def _received(self, message: str | bytes) -> None:
+    def _text(self, data: bytes) -> str | None:
+        """A text message's payload, or None after failing the connection with 1007 when it
+        is not UTF-8 (RFC 6455 8.1). python-websockets' sans-I/O protocol leaves text payloads
+        to its callers (only its asyncio and sync layers decode them), so this is the check: a
+        UnicodeDecodeError escaping from data_received used to drop the TCP connection with
+        no close frame at all."""
+        try:
+            return data.decode()
+        except UnicodeDecodeError as exc:
+            self._ws.fail(
+                CloseCode.INVALID_PAYLOAD, f"invalid UTF-8 in a text frame at byte {exc.start}"
+            )
+            return None
+
+    def _received(self, message: str | bytes | None) -> None:
+        if message is None:
+            return
         if self._incoming is None:
             self._incoming = collections.deque()
         self._incoming.append(message)
