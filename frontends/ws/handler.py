@@ -238,13 +238,27 @@ class WebSocketProtocol(asyncio.Protocol):
         # else: the socket is closing or gone; the client catches up from its cursor
 
     async def close(self, code: CloseCode, reason: str) -> None:
-        await self._writable()
+        """Queue the close frame at once, behind whatever the socket has not written yet
+        (waiting for room first, as :meth:`send` does, would never queue it for a client that
+        stopped reading), then wait until all of it, close frame included, is in the kernel's
+        hands. A client that does not read keeps this waiting: the core gives up after
+        ``close_timeout_s`` and aborts (docs/protocol.md, slow consumers). Raises
+        ConnectionError if the socket went before the close frame was written."""
         if self._phase == _LOST or self._ws.state is not WsState.OPEN:
             return
         self._ws.send_close(code, reason)
         self._flush()
         self._srv.open.discard(self)  # no more pings
-        if self._timer is None:
+        transport = self._transport
+        assert transport is not None
+        if transport.get_write_buffer_size():
+            # pause until the buffer is empty (asyncio pauses at once if it is not)
+            transport.set_write_buffer_limits(high=0, low=0)
+            await self._writable()
+            if self._phase == _LOST and self._write_paused:
+                raise ConnectionError("the socket went before the close frame was written")
+        if self._timer is None and self._phase != _LOST:
+            # the close frame is out: the client has this long to answer it
             self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self.abort)
 
     def abort(self) -> None:
