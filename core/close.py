@@ -23,6 +23,10 @@ class CloseCode(IntEnum):
     """Never sent on the wire (RFC 6455 reserves it): the connection was dropped without a
     closing handshake, as ``Transport.abort`` does. Only seen locally."""
 
+    INVALID_PAYLOAD = 1007
+    """A text frame was not valid UTF-8 (RFC 6455, 8.1): the handler closes at once, as the
+    RFC asks; python-websockets' sans-I/O protocol does not check text payloads itself."""
+
     MESSAGE_TOO_BIG = 1009
     """A received frame was larger than ``JETCHAT_WS_MAX_SIZE``. Sent by python-websockets
     itself (its ``max_size``); listed here so that clients and tests can name it."""

@@ -28,7 +28,13 @@ EVENTS_DROPPED = Counter(
     "jetchat_events_dropped_total", "Ephemeral events dropped (rate limit, slow client)", ["reason"]
 )
 PENDING_POLLS = Gauge("jetchat_pending_polls", "Long polls waiting for something to answer")
-SLOW_CONSUMERS = Counter("jetchat_slow_consumers_total", "Connections closed as slow consumers")
+SLOW_CONSUMERS = Counter(
+    "jetchat_slow_consumers_total",
+    "Connections of clients that did not read their frames for JETCHAT_SEND_TIMEOUT_S, by "
+    "outcome: closed (the 4008 close frame was written) or cut (not even it could be written "
+    "within JETCHAT_CLOSE_TIMEOUT_S: the TCP connection was aborted)",
+    ["outcome"],
+)
 WORKER_UP = Gauge(
     "jetchat_worker_up",
     "1 while a supervised background worker runs, 0 while it waits to restart or has stopped",

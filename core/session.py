@@ -49,6 +49,7 @@ from core.protocol import (
     PROTOCOL_VERSION,
     Ack,
     CaughtUp,
+    ClientFrame,
     Hello,
     Ping,
     Pong,
@@ -155,7 +156,7 @@ class DeviceSession:
         self._acked = -1
         self._flushed = -1
         self._closed = False
-        self._closer: asyncio.Future[None] | None = None
+        self._closer: asyncio.Future[bool] | None = None
         self._unwatch_presence: Callable[[], None] | None = None
         # Messages sent and not yet acknowledged; bounded: beyond it the oldest go without a
         # delivered receipt (the read receipt still comes). Created with the first message.
@@ -213,6 +214,28 @@ class DeviceSession:
         except ChatError as err:
             await self._reply_error(err)
             return
+        try:
+            await self._dispatch(frame)
+        except Exception:
+            # A bug (or a backend error nothing turned into a ChatError) while handling this
+            # frame: it fails alone, as an HTTP request would (500 with a request id), and the
+            # connection goes on; closing it (1011, as it used to) made the client reconnect
+            # and often send the same frame again.
+            error_id = secrets.token_hex(8)
+            log.exception(
+                "handling a frame failed",
+                extra={
+                    "error_id": error_id,
+                    "device": self.device.id,
+                    "frame": type(frame).__name__,
+                },
+            )
+            ref = frame.client_id if isinstance(frame, Send) else Handler.ref(frame)
+            await self._reply_error(
+                ChatError(ErrorCode.INTERNAL, f"internal error (error id {error_id})"), ref
+            )
+
+    async def _dispatch(self, frame: ClientFrame) -> None:
         if isinstance(frame, Send):
             await self._queue_send(frame)
         elif isinstance(frame, Ack):
@@ -251,17 +274,23 @@ class DeviceSession:
             else:
                 await self._answer(handler, frame)
 
-    async def close(self, code: CloseCode, reason: str) -> None:
-        """Close from the server side (shutdown, slow consumer, revoked device)."""
-        if not self._closed:
-            self._closed = True
-            try:
-                async with asyncio.timeout(self._limits.close_timeout_s):
-                    await self._transport.close(code, reason)
-            except TimeoutError:
-                self._transport.abort()  # the close frame is stuck behind unread data
-            except Exception:  # noqa: S110 - already gone: nothing left to close
-                pass
+    async def close(self, code: CloseCode, reason: str) -> bool:
+        """Close from the server side (shutdown, slow consumer, revoked device). False when
+        the close frame could not be written within ``close_timeout_s`` (it waits behind
+        frames the client does not read) and the connection was cut (aborted) instead, or
+        the connection went meanwhile; True otherwise."""
+        if self._closed:
+            return True
+        self._closed = True
+        try:
+            async with asyncio.timeout(self._limits.close_timeout_s):
+                await self._transport.close(code, reason)
+        except TimeoutError:
+            self._transport.abort()  # the close frame is stuck behind unread data
+            return False
+        except Exception:  # already gone: nothing left to close
+            return False
+        return True
 
     def close_soon(self, code: CloseCode, reason: str) -> None:
         """:meth:`close` from synchronous code (a NATS callback)."""
@@ -446,11 +475,12 @@ class DeviceSession:
                 try:
                     await asyncio.wait_for(self._transport.send(frame), timeout)
                 except TimeoutError:
-                    log.info("slow consumer closed", extra={"device": self.device.id})
-                    metrics.SLOW_CONSUMERS.inc()
-                    await self.close(
+                    closed = await self.close(
                         CloseCode.SLOW_CONSUMER, "slow consumer: reconnect with your cursor"
                     )
+                    outcome = "closed" if closed else "cut"
+                    log.info(f"slow consumer {outcome}", extra={"device": self.device.id})
+                    metrics.SLOW_CONSUMERS.labels(outcome).inc()
                     return
         finally:
             self._writer = None
@@ -610,7 +640,7 @@ class DeviceSession:
             answer = error_frame(err, Handler.ref(frame))
         except Exception:
             if not handler.beside:
-                raise  # in frame order: the frontend closes the connection (1011)
+                raise  # in frame order: receive() answers ``internal``
             log.exception("history read failed")
             answer = error_frame(
                 ChatError(ErrorCode.UNAVAILABLE, "history store did not answer; retry"),

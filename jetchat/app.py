@@ -38,6 +38,7 @@ from core.session import LongPolls
 from core.supervisor import Supervisor
 from frontends.context import FrontendContext, install
 from frontends.http.answers import end_json_with_newline, exception_handlers
+from frontends.http.bodies import JsonRequest
 from frontends.http.openapi import document_errors, openapi_config
 from frontends.http.routes import route_handlers
 from frontends.longpoll.routes import poll
@@ -332,6 +333,10 @@ def create_app(settings: Settings) -> Litestar:
             prometheus_metrics,
         ],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        request_class=JsonRequest,
+        # A body is at most a frame's size (the largest valid send plus its envelope); beyond
+        # it 413 message_too_long before anything is read into memory past the limit.
+        request_max_body_size=settings.ws_max_frame_bytes,
         before_send=[end_json_with_newline],
         lifespan=[lifespan],
         openapi_config=openapi_config("jetchat", "0.1.0"),

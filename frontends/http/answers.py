@@ -50,10 +50,17 @@ def http_error_handler(request: Request[Any, Any, State], exc: HTTPException) ->
         if detail != exc.detail:
             detail = f"the body is not valid JSON: {detail}"
         return _answer(ChatError(ErrorCode.MALFORMED, detail))
+    if exc.status_code == 413:  # the app's request_max_body_size: HTTP_STATUS's code for 413
+        return _answer(
+            ChatError(
+                ErrorCode.MESSAGE_TOO_LONG,
+                "the body is larger than 4 x JETCHAT_MAX_MESSAGE_CHARS + 4096 bytes",
+            )
+        )
     code = {401: ErrorCode.UNAUTHORIZED, 404: ErrorCode.NOT_FOUND}.get(
         exc.status_code, ErrorCode.INVALID_ARGUMENT
     )
-    # the status stays Litestar's (405 Method Not Allowed, 413 Request Entity Too Large)
+    # the status stays Litestar's (405 Method Not Allowed)
     return _answer(ChatError(code, exc.detail), exc.status_code)
 
 

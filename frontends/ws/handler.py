@@ -193,6 +193,8 @@ class WebSocketProtocol(asyncio.Protocol):
                     self._task = self._srv.spawn(self._handshake(event))
             elif isinstance(event, Frame):
                 self._on_frame(event)
+                if self._ws.state is not WsState.OPEN:
+                    break  # failed (invalid UTF-8) or closing: the frames after it do not count
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -236,13 +238,27 @@ class WebSocketProtocol(asyncio.Protocol):
         # else: the socket is closing or gone; the client catches up from its cursor
 
     async def close(self, code: CloseCode, reason: str) -> None:
-        await self._writable()
+        """Queue the close frame at once, behind whatever the socket has not written yet
+        (waiting for room first, as :meth:`send` does, would never queue it for a client that
+        stopped reading), then wait until all of it, close frame included, is in the kernel's
+        hands. A client that does not read keeps this waiting: the core gives up after
+        ``close_timeout_s`` and aborts (docs/protocol.md, slow consumers). Raises
+        ConnectionError if the socket went before the close frame was written."""
         if self._phase == _LOST or self._ws.state is not WsState.OPEN:
             return
         self._ws.send_close(code, reason)
         self._flush()
         self._srv.open.discard(self)  # no more pings
-        if self._timer is None:
+        transport = self._transport
+        assert transport is not None
+        if transport.get_write_buffer_size():
+            # pause until the buffer is empty (asyncio pauses at once if it is not)
+            transport.set_write_buffer_limits(high=0, low=0)
+            await self._writable()
+            if self._phase == _LOST and self._write_paused:
+                raise ConnectionError("the socket went before the close frame was written")
+        if self._timer is None and self._phase != _LOST:
+            # the close frame is out: the client has this long to answer it
             self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self.abort)
 
     def abort(self) -> None:
@@ -346,7 +362,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._fragments_text = opcode is Opcode.TEXT
                 return
             data = bytes(frame.data)
-            self._received(data.decode() if opcode is Opcode.TEXT else data)
+            self._received(self._text(data) if opcode is Opcode.TEXT else data)
         elif opcode is Opcode.CONT:
             fragments = self._fragments
             if fragments is None:
@@ -355,13 +371,29 @@ class WebSocketProtocol(asyncio.Protocol):
             if frame.fin:
                 self._fragments = None
                 data = b"".join(fragments)
-                self._received(data.decode() if self._fragments_text else data)
+                self._received(self._text(data) if self._fragments_text else data)
         elif opcode is Opcode.PONG:
             if self._ping_payload is not None and bytes(frame.data) == self._ping_payload:
                 self._ping_payload = None
         # PING: websockets queued the pong; CLOSE: it queued the answer and the end of stream
 
-    def _received(self, message: str | bytes) -> None:
+    def _text(self, data: bytes) -> str | None:
+        """A text message's payload, or None after failing the connection with 1007 when it
+        is not UTF-8 (RFC 6455 8.1). python-websockets' sans-I/O protocol leaves text payloads
+        to its callers (only its asyncio and sync layers decode them), so this is the check: a
+        UnicodeDecodeError escaping from data_received used to drop the TCP connection with
+        no close frame at all."""
+        try:
+            return data.decode()
+        except UnicodeDecodeError as exc:
+            self._ws.fail(
+                CloseCode.INVALID_PAYLOAD, f"invalid UTF-8 in a text frame at byte {exc.start}"
+            )
+            return None
+
+    def _received(self, message: str | bytes | None) -> None:
+        if message is None:
+            return
         if self._incoming is None:
             self._incoming = collections.deque()
         self._incoming.append(message)

@@ -22,8 +22,9 @@ from fakes import (
 
 from core.accounts import Accounts
 from core.errors import ChatError, ErrorCode
-from core.groups import ADMIN, MAX_GROUP_NAME_CHARS, MEMBER, GroupInfo, Groups
+from core.groups import ADMIN, MEMBER, GroupInfo, Groups
 from core.history import History
+from core.identifiers import MAX_GROUP_NAME_CHARS
 from core.ids import MessageIds
 from core.messaging import Messaging, SendRequest
 from core.model import ChatMessage, Member, User, group_conversation

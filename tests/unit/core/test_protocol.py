@@ -1,3 +1,4 @@
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -5,11 +6,14 @@ from hypothesis import strategies as st
 from core.errors import ChatError, ErrorCode
 from core.ports import InboxEntry
 from core.protocol import (
+    MAX_JSON_DEPTH,
     Ack,
     Hello,
     MsgFrame,
     MsgsFrame,
+    Ping,
     Send,
+    check_json_depth,
     decode_client_frame,
     encode_msg,
     msg_frames,
@@ -54,6 +58,47 @@ def test_decoder_only_accepts_or_raises_chat_error(data):
         decode_client_frame(data)
     except ChatError:
         pass
+
+
+def test_deep_nesting_is_refused_before_decoding():
+    """A 2 KB frame nesting 1,000 arrays under an unknown field used to raise RecursionError."""
+    deep = '{"x":' + "[" * 1000 + "]" * 1000 + ',"type":"ping"}'
+    for data in (deep, deep.encode()):
+        with pytest.raises(ChatError) as info:
+            decode_client_frame(data)
+        assert info.value.code == ErrorCode.MALFORMED
+        assert "nested deeper than" in info.value.message
+    at_limit = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    check_json_depth(at_limit)
+    with pytest.raises(ChatError):
+        check_json_depth("[" + at_limit + "]")
+    with pytest.raises(ChatError):
+        check_json_depth("[{" * 17 + '"unterminated')
+
+
+def test_brackets_inside_strings_do_not_count():
+    text = 'a \\" [[[ \\"' + "[{" * 500
+    frame = msgspec.json.encode({"type": "send", "client_id": "c", "to": "bob", "text": text})
+    assert decode_client_frame(frame) == Send("c", "bob", text)
+    assert decode_client_frame('{"type":"ping"}') == Ping()
+
+
+@given(st.recursive(st.none() | st.text(), lambda c: st.lists(c) | st.dictionaries(st.text(), c)))
+def test_depth_check_agrees_with_the_real_depth(value):
+    def depth(v: object) -> int:
+        if isinstance(v, list):
+            return 1 + max(map(depth, v), default=0)
+        if isinstance(v, dict):
+            return 1 + max(map(depth, v.values()), default=0)
+        return 0
+
+    data = msgspec.json.encode(value)
+    if depth(value) > MAX_JSON_DEPTH:
+        with pytest.raises(ChatError):
+            check_json_depth(data)
+    else:
+        check_json_depth(data)
+        check_json_depth(data.decode())
 
 
 def test_msg_frame_splices_stored_json():

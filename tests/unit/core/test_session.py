@@ -400,3 +400,34 @@ async def test_a_client_that_does_not_read_is_closed_as_a_slow_consumer():
         await asyncio.sleep(0)
     assert t.closed == (CloseCode.SLOW_CONSUMER, "slow consumer: reconnect with your cursor")
     await session.aclose()
+
+
+async def test_a_bug_while_handling_a_frame_answers_internal_and_keeps_the_connection(
+    monkeypatch, caplog
+):
+    chat, _, accounts = make_chat()
+    await accounts.create_user(User("bob", "bob", "x", 0))
+    t = FakeTransport()
+    conn = DeviceSession(chat, device("bob"), t)
+    await conn.open()
+    await frames(t, 1)  # welcome
+
+    async def boom(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(DeviceSession, "_queue_send", boom)
+    await conn.receive('{"type":"send","client_id":"c-1","to":"alice","text":"hi"}')
+    monkeypatch.setattr(chat.presence, "beat", boom)
+    await conn.receive('{"type":"ping"}')
+    first, second = await frames(t, 2)
+    assert (first["code"], first["ref"]) == ("internal", "c-1")
+    assert first["message"].startswith("internal error (error id ")
+    assert second["code"] == "internal" and "ref" not in second
+    assert t.closed is None
+    failures = [r for r in caplog.records if r.getMessage() == "handling a frame failed"]
+    assert len(failures) == 2 and all(r.exc_info for r in failures)
+    assert failures[0].error_id in first["message"]
+    monkeypatch.undo()
+    await conn.receive('{"type":"ping"}')
+    assert (await frames(t, 1))[0]["type"] == "pong"
+    await conn.aclose()
