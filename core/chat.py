@@ -85,7 +85,7 @@ class Chat:
         self.inbox = inbox
         self.cursors = cursors
         self.limits = limits
-        self.sessions = LocalSessions(limits.cursor_flush_s)
+        self.sessions = LocalSessions(limits.cursor_flush_s, clock)
 
     async def revoke(self, user: str, device: str) -> None:
         """Log a device out: its token stops working everywhere, its open connections close

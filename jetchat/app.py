@@ -163,6 +163,7 @@ class Services:
         services.supervisor.start("presence", chat.presence.run, forever=True)
         services.supervisor.start("cursor-flush", chat.sessions.flush_cursors, forever=True)
         services.supervisor.start("inbox-resync", inbox.resync_watchers, forever=True)
+        services.supervisor.start("token-expiry", chat.sessions.expire_tokens, forever=True)
         return services
 
     def start_archiver(

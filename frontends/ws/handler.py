@@ -283,7 +283,7 @@ class WebSocketProtocol(asyncio.Protocol):
             if not context.origin_allowed(request.headers.get("Origin")):
                 raise ChatError(ErrorCode.FORBIDDEN_ORIGIN, "origin not allowed")
             chat = context.chat
-            token = token_from(request.headers.get("Authorization", ""), query)
+            token = token_from(request.headers.get("Authorization", ""), query, path)
             device = await chat.accounts.authenticate(token)
         except ChatError as err:
             self._refuse(err)
