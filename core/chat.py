@@ -87,7 +87,7 @@ class Chat:
         self.rate_limits = rate_limits
         """Connections per user and polls per device (None: not limited, for tests); the
         use cases hold the same object for their own limits."""
-        self.sessions = LocalSessions(limits.cursor_flush_s)
+        self.sessions = LocalSessions(limits.cursor_flush_s, clock)
 
     async def revoke(self, user: str, device: str) -> None:
         """Log a device out: its token stops working everywhere, its open connections close

@@ -40,7 +40,8 @@ class CloseCode(IntEnum):
     process) with the cursor."""
 
     REVOKED = 4001
-    """The device was logged out or revoked: log in again."""
+    """The device was logged out or revoked, or its token expired (the reason says which;
+    one code, since the client does the same for both): log in again."""
 
     SLOW_CONSUMER = 4008
     """The client did not read its frames for ``JETCHAT_SEND_TIMEOUT_S`` (10 s): reconnect

@@ -105,8 +105,9 @@ class Messaging:
     async def send_many(
         self, sender: str, device: str, requests: Sequence[SendRequest]
     ) -> list[Sent | ChatError]:
-        """Send several messages from one device, written in the order given (ids increase in
-        that order too). Each gets its own result; one failing does not fail the others."""
+        """Send several messages from one device, written in the order given. Ids increase in
+        that order too, 1:1 and group sends alike (a resend keeps its first id). Each gets its
+        own result; one failing does not fail the others."""
         with metrics.SEND_SECONDS.time():
             results = await self._send_many(sender, device, requests)
         for r in results:
@@ -120,7 +121,7 @@ class Messaging:
         self, sender: str, device: str, requests: Sequence[SendRequest]
     ) -> list[Sent | ChatError]:
         results: list[Sent | ChatError | None] = [None] * len(requests)
-        todo: list[tuple[int, SendRequest, SendRecord]] = []
+        todo: list[tuple[int, SendRequest]] = []
         allowed = len(requests)
         if self._limits is not None:
             # the first sends within the rate go, in order; the rest are refused
@@ -134,12 +135,42 @@ class Messaging:
             except ChatError as err:
                 results[i] = err
                 continue
-            msg_id, ts = self._ids.next()
-            todo.append((i, req, SendRecord(msg_id, ts)))
+            todo.append((i, req))
 
         await self._check_recipients(todo, results)
         todo = [t for t in todo if results[t[0]] is None]
 
+        # One connection's ids increase in send order, whatever the kind of each send. A group
+        # send draws its id when it takes its place in the timeline (after the timeline's
+        # newest), so the 1:1 sends around it must draw theirs in turn, not all at the start
+        # of the batch: drawn up front, a 1:1 send pipelined after a group send got the
+        # smaller id (5 pairs in 10). So the batch goes in runs, in order: each run of 1:1
+        # sends is written together (one round of acknowledgements, as before), each group
+        # send alone; ids are drawn as each run starts, from the process's one increasing
+        # generator (which a group's place moves past the timeline's newest id).
+        run: list[tuple[int, SendRequest]] = []
+        for i, req in todo:
+            if not is_group(req.to):
+                run.append((i, req))
+                continue
+            if run:
+                await self._send_direct(sender, device, run, results)
+                run = []
+            results[i] = await self._send_one_group(sender, device, req)
+        if run:
+            await self._send_direct(sender, device, run, results)
+        return [r if r is not None else ChatError(ErrorCode.INTERNAL, "lost") for r in results]
+
+    async def _send_direct(
+        self,
+        sender: str,
+        device: str,
+        run: list[tuple[int, SendRequest]],
+        results: list[Sent | ChatError | None],
+    ) -> None:
+        """Send a run of 1:1 messages: ids drawn now, in order; claimed, then written into
+        both inboxes in order with one wait for all acknowledgements."""
+        todo = [(i, req, SendRecord(*self._ids.next())) for i, req in run]
         claims = await asyncio.gather(
             *(self._ledger.claim(sender, req.client_id, rec) for _, req, rec in todo),
             return_exceptions=True,
@@ -150,8 +181,6 @@ class Messaging:
                 results[i] = _as_chat_error(claim)
             elif claim is not None and claim.done:
                 results[i] = Sent(req.client_id, claim.id, _conversation(sender, req.to), claim.ts)
-            elif is_group(req.to):
-                results[i] = await self._send_group(sender, device, req, claim or rec)
             else:
                 writes.append((i, req, claim or rec))
 
@@ -168,7 +197,7 @@ class Messaging:
                 failure = _as_chat_error(exc)
                 for i, _, _ in writes:
                     results[i] = failure
-                writes = []
+                return
 
         if writes:
             # The "done" marks are not waited for: until one lands, a resend finds the claim
@@ -181,7 +210,18 @@ class Messaging:
             )
         for i, req, rec in writes:
             results[i] = Sent(req.client_id, rec.id, _conversation(sender, req.to), rec.ts)
-        return [r if r is not None else ChatError(ErrorCode.INTERNAL, "lost") for r in results]
+
+    async def _send_one_group(self, sender: str, device: str, req: SendRequest) -> Sent | ChatError:
+        """Claim a group send (with a provisional id: the timeline gives the real one), then
+        send it, unless it is a resend of one already done."""
+        rec = SendRecord(*self._ids.next())
+        try:
+            claim = await self._ledger.claim(sender, req.client_id, rec)
+        except Exception as exc:
+            return _as_chat_error(exc)
+        if claim is not None and claim.done:
+            return Sent(req.client_id, claim.id, req.to, claim.ts)
+        return await self._send_group(sender, device, req, claim or rec)
 
     async def _send_group(
         self, sender: str, device: str, req: SendRequest, record: SendRecord
@@ -277,10 +317,10 @@ class Messaging:
 
     async def _check_recipients(
         self,
-        todo: list[tuple[int, SendRequest, SendRecord]],
+        todo: list[tuple[int, SendRequest]],
         results: list[Sent | ChatError | None],
     ) -> None:
-        unknown = {req.to for _, req, _ in todo if not is_group(req.to)} - self._known_users
+        unknown = {req.to for _, req in todo if not is_group(req.to)} - self._known_users
         for user in unknown:
             try:
                 found = await self._accounts.exists(user)
@@ -291,7 +331,7 @@ class Messaging:
             if found:
                 self._known_users.add(user)
                 continue
-            for i, req, _ in todo:
+            for i, req in todo:
                 if req.to == user:
                     results[i] = failure
 

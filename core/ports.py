@@ -355,7 +355,13 @@ class InboxLog(Protocol):
     ) -> Callable[[], Awaitable[None]]:
         """Call ``on_entry`` for each entry appended to the user's inbox from now on (at most
         once, in order; entries may be missed, which ``prev_seq`` reveals), and ``on_event``
-        for each event :meth:`notify` sends the user. Returns the function that stops."""
+        for each event :meth:`notify` sends the user. Returns the function that stops.
+
+        After the connection that carries them was lost and came back, ``on_entry`` is also
+        handed the inbox's newest entry with ``prev_seq = seq``, for every watcher (spread
+        over a short time): a missed tail, which no later entry would reveal, is then read
+        back (the watcher's feed sees a gap unless it has that entry already). So a missed
+        entry always becomes known, at the latest shortly after a reconnect."""
         ...
 
     async def notify(self, users: Sequence[str], event: bytes) -> None:

@@ -131,6 +131,7 @@ class DeviceSession:
         "_poll_wake",
         "_protocol",
         "_reads",
+        "_refused",
         "_sender",
         "_sends",
         "_sends_space",
@@ -165,6 +166,7 @@ class DeviceSession:
         self._protocol = 1  # the version the client speaks, from its hello or poll
         self._poll_wake: Wake | None = None  # while a poll waits: set when it should answer
         self._lease: str | None = None  # counted among its user's connections (admit)
+        self._refused: str | None = None  # why a pending poll answers 401 (revoked, expired)
 
     @property
     def user(self) -> str:
@@ -204,6 +206,8 @@ class DeviceSession:
     async def receive(self, data: str | bytes) -> None:
         """Handle one frame from the client. Bad frames get an error frame; the connection
         stays open. Waits (so the frontend stops reading) while too many sends are queued."""
+        if self._closed:
+            return  # closing (a revoked device, an expired token): nothing more is taken
         if isinstance(data, bytes):
             await self._reply_error(
                 ChatError(ErrorCode.NOT_TEXT, "binary frames are not supported; send JSON text")
@@ -275,10 +279,17 @@ class DeviceSession:
                 await self._answer(handler, frame)
 
     async def close(self, code: CloseCode, reason: str) -> bool:
-        """Close from the server side (shutdown, slow consumer, revoked device). False when
-        the close frame could not be written within ``close_timeout_s`` (it waits behind
-        frames the client does not read) and the connection was cut (aborted) instead, or
-        the connection went meanwhile; True otherwise."""
+        """Close from the server side (shutdown, slow consumer, revoked device, expired
+        token). False when the close frame could not be written within ``close_timeout_s``
+        (it waits behind frames the client does not read) and the connection was cut
+        (aborted) instead, or the connection went meanwhile; True otherwise. A pending poll
+        has nothing to close: it answers now, with what it has, or 401 ``unauthorized`` when
+        its device was revoked or its token expired."""
+        if self._poll_wake is not None:
+            if code is CloseCode.REVOKED:
+                self._refused = reason
+            self._poll_wake.set()
+            return True
         if self._closed:
             return True
         self._closed = True
@@ -305,6 +316,8 @@ class DeviceSession:
             self._attached = False
             self._chat.sessions.detach(self)
             metrics.CONNECTIONS.labels(self._transport.kind).dec()
+        elif self._poll_wake is not None:
+            self._chat.sessions.detach(self)
         self._closed = True
         tasks = [t for t in (self._writer, self._sender, self._feed_task) if t is not None]
         tasks += self._reads or ()
@@ -329,6 +342,9 @@ class DeviceSession:
         messages, else whatever comes first of a message, an event, :meth:`end`, or the
         ``timeout``. The pending poll is the device's presence heartbeat."""
         wake = self._poll_wake = Wake()
+        # in the registry while pending (detached by aclose): a revocation or the token's
+        # expiry ends the poll with 401, a shutdown with what it has (see close)
+        self._chat.sessions.attach(self)
         check_cursor(cursor)
         self._protocol = negotiate(protocol)
         chat, user = self._chat, self.user
@@ -371,6 +387,8 @@ class DeviceSession:
                 entries, need_read = feed.take_live()
                 if need_read:  # a gap, or dropped live entries: the inbox has them in order
                     entries += feed.on_read(await self._read_page(feed.position))
+            if self._refused is not None:
+                raise ChatError(ErrorCode.UNAUTHORIZED, self._refused)
             await self._deliver(entries)
         finally:
             metrics.PENDING_POLLS.dec()
@@ -503,7 +521,7 @@ class DeviceSession:
         :meth:`core.messaging.Messaging.send_many` as :func:`core.requests.send`)."""
         messaging = self._chat.messaging
         try:
-            while sends := self._sends:
+            while (sends := self._sends) and not self._closed:
                 batch = [sends.popleft() for _ in range(min(SEND_BATCH, len(sends)))]
                 if not sends:
                     self._sends = None

@@ -1,8 +1,10 @@
 """The device sessions this process serves, by device: the one registry of local connections.
 
-Who uses it: a session attaches itself when it opens and detaches when it closes; the
-revocation bus closes a revoked device's sessions; shutdown drains them all; and one task per
-process stores acknowledged positions (:meth:`LocalSessions.flush_cursors`). Delivery itself
+Who uses it: a session attaches itself when it opens and detaches when it closes (a long
+poll's, while the poll is pending); the revocation bus closes a revoked device's sessions, and
+one task per process those whose token expired (:meth:`LocalSessions.expire_tokens`);
+shutdown drains them all; and one task per process stores acknowledged positions
+(:meth:`LocalSessions.flush_cursors`). Delivery itself
 does not go through here: a session subscribes to its user's inbox and presence through the
 ports, whose adapters multiplex one subscription per user among that user's sessions.
 """
@@ -10,11 +12,14 @@ ports, whose adapters multiplex one subscription per user among that user's sess
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from core.close import CloseCode
+from core.ports import Clock
 
 if TYPE_CHECKING:
     from core.session import DeviceSession
@@ -23,9 +28,16 @@ log = logging.getLogger(__name__)
 
 
 class LocalSessions:
-    def __init__(self, cursor_flush_s: float) -> None:
+    def __init__(self, cursor_flush_s: float, clock: Clock) -> None:
         self._cursor_flush_s = cursor_flush_s
+        self._clock = clock
         self._by_device: dict[str, DeviceSession | set[DeviceSession]] = {}
+        # (token expiry in ms, device id) of devices with sessions here, soonest first: one
+        # heap and one task for the process, not a timer per socket (about 500 bytes each,
+        # idle or not; an entry here is about 100). Entries of devices whose sessions all
+        # went stay until they come due or the heap is compacted (see attach).
+        self._expiries: list[tuple[int, str]] = []
+        self._expiry_wanted = asyncio.Event()  # set when an entry comes first in the heap
         # sessions whose acked position is not stored yet, with when to store it
         self._unflushed: dict[DeviceSession, float] = {}
         self._flush_wanted = asyncio.Event()  # set when _unflushed gets a first entry
@@ -45,6 +57,7 @@ class LocalSessions:
         current = self._by_device.get(key)
         if current is None:
             self._by_device[key] = conn  # one per device, nearly always: no set (~200 bytes)
+            self._expire_at(conn.device.expires_at, key)
         elif isinstance(current, set):
             current.add(conn)
         elif current is not conn:
@@ -101,8 +114,41 @@ class LocalSessions:
                     if conn in self._of_device(conn.device.id):
                         self.acked(conn)
 
+    def _expire_at(self, expires_at: int, device_id: str) -> None:
+        heap = self._expiries
+        if len(heap) > 2 * len(self._by_device) + 64:
+            # mostly devices gone from here (every poll attaches): keep those still here, once
+            heap[:] = sorted({(at, d) for at, d in heap if d in self._by_device})
+        heapq.heappush(heap, (expires_at, device_id))
+        if heap[0][1] == device_id:
+            self._expiry_wanted.set()
+
+    def close_expired(self) -> float | None:
+        """Close the sessions of every device whose token expired (4001, as a revoked one:
+        the client logs in again; a pending poll answers 401), and say in how many seconds the
+        next expires (None: no session here)."""
+        heap, now = self._expiries, self._clock.now_ms()
+        while heap and heap[0][0] <= now:
+            _, device_id = heapq.heappop(heap)
+            for conn in list(self._of_device(device_id)):
+                conn.close_soon(CloseCode.REVOKED, "token expired; log in again")
+        return (heap[0][0] - now) / 1000 if heap else None
+
+    async def expire_tokens(self) -> None:
+        """Close sessions as their tokens expire, until cancelled: the process runs this once,
+        under its supervisor. A token is checked when a socket opens or a request or poll
+        comes; without this, a socket opened before its token expired kept sending after
+        (issue 13, finding k)."""
+        while True:
+            delay = self.close_expired()
+            self._expiry_wanted.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):  # None: until a session attaches
+                    await self._expiry_wanted.wait()
+
     def device_revoked(self, device_id: str) -> None:
-        """Close this process's connections of a revoked device (called by the revocation bus)."""
+        """Close this process's connections of a revoked device, and end its pending polls
+        with 401 (called by the revocation bus)."""
         for conn in list(self._of_device(device_id)):
             conn.close_soon(CloseCode.REVOKED, "device logged out or revoked")
 

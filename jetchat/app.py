@@ -84,11 +84,19 @@ class Services:
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
+        on_reconnect: list[Callable[[], None]] = []  # filled below, once the adapters exist
+
+        async def reconnected() -> None:
+            log.info("NATS connection back")
+            for hook in on_reconnect:
+                hook()
+
         nc = await nats.connect(
             servers=settings.nats_url.split(","),
             name="jetchat",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
+            reconnected_cb=reconnected,
         )
         js = nc.jetstream(timeout=settings.publish_timeout_s)
         await streams.ensure(js, settings.jetstream)
@@ -102,6 +110,8 @@ class Services:
         shortcuts = await natspy.check(nc)
         inbox = JetStreamInbox(nc, js, settings.jetstream, publisher, shortcuts)
         await inbox.start()
+        # what was RePublished while the connection was down reached no session here
+        on_reconnect.append(inbox.reconnected)
         revocations = NatsRevocationBus(nc)
         rate_limits, closers = open_rate_limits(settings, clock)
         accounts = Accounts(
@@ -162,6 +172,8 @@ class Services:
         # forever: a watch whose iterator ends (the connection closed under it) is restarted
         services.supervisor.start("presence", chat.presence.run, forever=True)
         services.supervisor.start("cursor-flush", chat.sessions.flush_cursors, forever=True)
+        services.supervisor.start("inbox-resync", inbox.resync_watchers, forever=True)
+        services.supervisor.start("token-expiry", chat.sessions.expire_tokens, forever=True)
         return services
 
     def start_archiver(

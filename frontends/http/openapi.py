@@ -110,7 +110,9 @@ def openapi_config(title: str, version: str) -> OpenAPIConfig:
             "jetchat's HTTP API. Errors are `{code, message}` (codes: docs/protocol.md, "
             "'Error codes'); a 500 answer names a request id, also in its `x-request-id` "
             "header and in the server log. Log in with `POST /v1/sessions` and send its token as "
-            "`Authorization: Bearer <token>`. Messages arrive over the WebSocket `GET /v1/ws` "
+            "`Authorization: Bearer <token>`; a `token` query parameter is ignored, except on "
+            "`GET /v1/poll` (and the WebSocket upgrade), where a browser may have no other way. "
+            "Messages arrive over the WebSocket `GET /v1/ws` "
             "(docs/protocol.md), or by long polling `GET /v1/poll` where WebSockets do not pass."
         ),
         path=PATH,

@@ -45,7 +45,9 @@ class PollAnswer(msgspec.Struct, frozen=True):
         "the returned cursor, which also acknowledges what you received (a negative one is "
         "refused with `invalid_argument`, as over the WebSocket). No `cursor`: the "
         "position this device acknowledged last. A pending poll is the presence heartbeat. "
-        "`protocol=2`: the messages come in `msgs` frames (several per frame)."
+        "`protocol=2`: the messages come in `msgs` frames (several per frame). The token may "
+        "come as `token=` in the query (the only HTTP route that takes it there); a poll of a "
+        "device revoked, or whose token expires, while it waits answers 401 at once."
     ),
     dependencies={"device": Provide(provide_device)},
     tags=["long polling"],

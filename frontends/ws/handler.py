@@ -299,7 +299,7 @@ class WebSocketProtocol(asyncio.Protocol):
             if not context.origin_allowed(request.headers.get("Origin")):
                 raise ChatError(ErrorCode.FORBIDDEN_ORIGIN, "origin not allowed")
             chat = context.chat
-            token = token_from(request.headers.get("Authorization", ""), query)
+            token = token_from(request.headers.get("Authorization", ""), query, path)
             device = await chat.accounts.authenticate(token)
             conn = DeviceSession(chat, device, self)
             await conn.admit()  # connections per user: refused with 429 beyond the limit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import msgspec
@@ -158,3 +159,78 @@ async def test_a_client_that_stops_answering_pings_is_closed(spawn):
         while not (await open_connections()).endswith(" 0.0"):
             await asyncio.sleep(0.1)
     ws.transport.abort()
+
+
+async def test_an_open_socket_and_a_pending_poll_end_when_their_token_expires(spawn):
+    # a socket opened before its token expired used to keep sending after it
+    server = spawn(token_ttl_s="2")
+    url = server.base_url
+    alice, bob = await new_user(url, "alice"), await new_user(url, "bob")
+    login = await log_in(url, alice, PASSWORD, "phone")
+    auth = {"authorization": f"Bearer {login.token}"}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with websockets.connect(ws_url(url), additional_headers=auth) as ws:
+            assert '"welcome"' in await ws.recv()
+            await ws.send(f'{{"type":"send","client_id":"c1","to":"{bob}","text":"in time"}}')
+            assert '"sent"' in await ws.recv()
+            # a poll of the same device, pending after the message's copy in its own inbox
+            cursor = (await http.get("/v1/poll?timeout=0", headers=auth)).json()["cursor"]
+            poll = asyncio.ensure_future(
+                http.get(f"/v1/poll?cursor={cursor}&timeout=20", headers=auth)
+            )
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                async with asyncio.timeout(10):
+                    while True:
+                        await ws.recv()
+            closed_ms = time.time() * 1000
+            assert info.value.rcvd is not None and info.value.rcvd.code == CloseCode.REVOKED
+            assert "expired" in info.value.rcvd.reason
+            assert login.expires_at <= closed_ms < login.expires_at + 1500
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.send(f'{{"type":"send","client_id":"c2","to":"{bob}","text":"late"}}')
+        resp = await poll
+        assert resp.status_code == 401 and resp.json()["code"] == "unauthorized"
+        assert time.time() * 1000 < login.expires_at + 1500
+        body = {"client_id": "c3", "to": bob, "text": "late"}
+        assert (await http.post("/v1/messages", json=body, headers=auth)).status_code == 401
+    assert await ws_status(url, auth) == 401
+
+
+async def test_a_pending_poll_of_a_revoked_device_answers_401(spawn):
+    p1, p2 = spawn(), spawn()
+    alice = await new_user(p1.base_url, "alice")
+    laptop = await log_in(p1.base_url, alice, PASSWORD, "laptop")
+    phone = await log_in(p1.base_url, alice, PASSWORD, "phone")
+    async with httpx.AsyncClient(timeout=30) as http:
+        poll = asyncio.ensure_future(
+            http.get(
+                f"{p1.base_url}/v1/poll?timeout=20",
+                headers={"authorization": f"Bearer {phone.token}"},
+            )
+        )
+        await asyncio.sleep(0.5)  # pending
+        assert not poll.done()
+        resp = await http.delete(  # revoked from the other process
+            f"{p2.base_url}/v1/devices/{phone.device_id}",
+            headers={"authorization": f"Bearer {laptop.token}"},
+        )
+        assert resp.status_code == 204
+        async with asyncio.timeout(5):
+            resp = await poll
+    assert resp.status_code == 401 and resp.json()["code"] == "unauthorized"
+
+
+async def test_a_token_in_the_query_is_taken_by_the_websocket_and_the_poll_only(server):
+    # tokens in URLs end up in proxy logs and browser history
+    url = server.base_url
+    alice = await new_user(url, "alice")
+    token = await device(url, alice)
+    async with httpx.AsyncClient(base_url=url) as http:
+        resp = await http.get(f"/v1/me?token={token}")
+        assert resp.status_code == 401 and resp.json()["code"] == "unauthorized"
+        resp = await http.get("/v1/devices", params={"token": token})
+        assert resp.status_code == 401
+        resp = await http.get("/v1/poll", params={"token": token, "timeout": 0})
+        assert resp.status_code == 200, resp.text
+    async with websockets.connect(ws_url(url) + f"?token={token}") as ws:
+        assert '"welcome"' in await ws.recv()

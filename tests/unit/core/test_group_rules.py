@@ -363,3 +363,25 @@ async def test_applying_the_received_events_gives_the_state_fetched_afresh():
             state = apply(state, event)
         fresh = (await w.groups.info("alice", info.id)).members
         assert sorted(state, key=lambda m: m.user_id) == sorted(fresh, key=lambda m: m.user_id)
+
+
+# --- one device's sends ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kinds", ["gd", "dgd", "ddggd", "gdgdgd", "dddg"])
+async def test_one_devices_sends_get_increasing_ids_in_send_order_whatever_their_kind(kinds: str):
+    # a group send's id is drawn when it takes its place in the timeline; the 1:1 sends of
+    # the same batch used to draw theirs at the start, so one after a group send got the
+    # smaller id
+    w = await world()
+    info = await w.groups.create("alice", "d1", "trip", ["bob"])
+    requests = [
+        SendRequest(f"c{n}", info.conv if kind == "g" else "bob", f"m{n}")
+        for n, kind in enumerate(kinds)
+    ]
+    results = await w.messaging.send_many("alice", "d1", requests)
+    ids = [r.id for r in results if not isinstance(r, ChatError)]
+    assert len(ids) == len(kinds) and ids == sorted(ids) and len(set(ids)) == len(ids)
+    # the group's ids still follow its timeline
+    timeline = [m.id for m in w.timeline(info.id)]
+    assert timeline == sorted(timeline)
