@@ -83,6 +83,8 @@ async def test_real_answers_match_the_document(spawn):
     elapsed = time.monotonic() - started
     print(f"{len(operations)} operations checked in {elapsed:.1f}s")
     assert not failures, "\n\n".join(failures)
+    # every refusal was a documented answer, none a bug with a logged traceback
+    assert "Traceback" not in server.log_path.read_text(), server.log_tail()
 
 
 def test_the_document_says_what_errors_look_like(server):
