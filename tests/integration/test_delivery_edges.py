@@ -169,6 +169,8 @@ async def test_health_readiness_metrics_and_openapi(server):
                 # the supervised workers (ws-keepalive comes with the first WebSocket)
                 "worker:presence": "ok",
                 "worker:cursor-flush": "ok",
+                "worker:inbox-resync": "ok",
+                "worker:token-expiry": "ok",
                 "worker:archiver": "ok",
                 "worker:archiver-lag": "ok",
             },
