@@ -53,8 +53,9 @@ class Limits(msgspec.Struct, frozen=True):
 
 class Chat:
     """The use cases and the limits, as the frontends and the device sessions see them: typed
-    fields, no behaviour of its own. The sessions this process serves are in
-    :attr:`sessions` (:class:`core.sessions.LocalSessions`), apart from the use cases."""
+    fields, and only the one use case that spans two of them (:meth:`revoke`). The sessions
+    this process serves are in :attr:`sessions` (:class:`core.sessions.LocalSessions`), apart
+    from the use cases."""
 
     def __init__(
         self,

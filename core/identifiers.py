@@ -128,10 +128,6 @@ def clean_name(name: str, field: str, max_chars: int, *, required: bool) -> str:
     return name
 
 
-def is_user_id(value: str) -> bool:
-    return USER_ID_RE.fullmatch(value) is not None
-
-
 def is_message_id(value: str) -> bool:
     return MESSAGE_ID_RE.fullmatch(value) is not None
 
@@ -148,11 +144,6 @@ def is_group_conversation(conv: str) -> bool:
 
 _DM = "dm."
 _GROUP = "group."
-
-
-def names_dm(conv: str) -> bool:
-    """``conv`` starts as a 1:1 conversation id does (its shape is not checked)."""
-    return conv.startswith(_DM)
 
 
 def names_group(conv: str) -> bool:
